@@ -1,0 +1,23 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each sets itself up first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch==2.13.0 first: it resolves to the local CPU wheel; an open range would pull CUDA builds.
+install: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,plot]'
+
+demo: install
+	$(BIN)/xlram demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .

@@ -1,0 +1,1 @@
+"""xlram.baselines"""
