@@ -4,4 +4,7 @@ Each suite is a module `benchmarks.<name>` with `run(args) -> list[dict]` (rows 
 and optionally `add_arguments(parser)`. Register it in SUITES.
 """
 
-SUITES: dict[str, str] = {}
+SUITES: dict[str, str] = {
+    "data": "benchmarks.data",
+    "ops_cuda": "benchmarks.ops_cuda",
+}
