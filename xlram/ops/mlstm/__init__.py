@@ -53,6 +53,11 @@ def mlstm(q, k, v, i, f, state=None, *, form="auto", chunk_size=None, eps=1e-6, 
             named += [("state.C", state.C), ("state.n", state.n), ("state.m", state.m)]
         _check_finite(named)
 
+    if form == "auto" and q.is_cuda and _kernel_chunk_ok(chunk_size):
+        from xlram import kernels  # imports triton only here, for CUDA tensors
+
+        if kernels.usable(q):
+            return kernels.mlstm(q, k, v, i, f, state, chunk_size=chunk_size, eps=eps)
     if form == "auto":
         form, auto_chunk = choose_form(S)
         chunk_size = chunk_size or auto_chunk
@@ -63,6 +68,11 @@ def mlstm(q, k, v, i, f, state=None, *, form="auto", chunk_size=None, eps=1e-6, 
     return mlstm_chunkwise(q, k, v, i, f, state, chunk_size=chunk_size or CHUNK_SIZE, eps=eps)
 
 
+def _kernel_chunk_ok(chunk_size):
+    """The Triton kernels take chunks that are powers of two >= 16 (None: their own default)."""
+    return chunk_size is None or (chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0)
+
+
 def mlstm_step(q, k, v, i, f, state=None, *, eps=1e-6):
     """One mLSTM step (generation): q, k (B, H, dk); v (B, H, dv); i, f (B, H); state MLSTMState or None.
 
@@ -71,5 +81,10 @@ def mlstm_step(q, k, v, i, f, state=None, *, eps=1e-6):
     B, H, _, dk, dv = check_inputs(q, k, v, i, f, seq_dim=False)
     check_state(state, B, H, dk, dv, q.device)
     check_options("recurrent", None, eps)
+    if q.is_cuda:
+        from xlram import kernels  # the fused Triton step, when triton is installed
+
+        if kernels.usable(q):
+            return kernels.mlstm_step(q, k, v, i, f, state, eps=eps)
     return _mlstm_step(q, k, v, i, f, state, eps=eps)
 

@@ -128,6 +128,11 @@ def slstm(
         state = SLSTMState(*state)
     if form == "reference":
         return slstm_reference(wx, r, b, state, forget_gate=forget_gate)
+    if form == "auto" and wx.is_cuda:
+        from xlram import kernels  # imports triton only here, for CUDA tensors
+
+        if kernels.usable(wx):
+            return kernels.slstm(wx, r, b, state, forget_gate=forget_gate)
     return slstm_recurrent(wx, r, b, state, forget_gate=forget_gate)
 
 
