@@ -28,18 +28,31 @@ def test_step_matches_reference(dk, dv, kdevice, check):
     h, st = mlstm_reference(q[:, :, None], k[:, :, None], v[:, :, None], i[..., None], f[..., None],
                             MLSTMState(C, n, m))
     h = h[:, :, 0]
-    ws = [torch.randn_like(x) for x in (h, *st)]
+    g = torch.Generator().manual_seed(7)  # the upstream weights too: the test must not depend on test order
+    ws = [torch.randn(x.shape, generator=g, dtype=torch.float64).to(kdevice) for x in (h, *st)]
     loss = lambda outs: sum((a.double() * w).sum() for a, w in zip(outs, ws, strict=True))
     want_g = torch.autograd.grad(loss((h, *st)), ref_in)
 
-    ker_in = [x.float().requires_grad_(True) for x in xs]
-    h_k, st_k = kernels.mlstm_step(*ker_in[:5], MLSTMState(*ker_in[5:]))
-    got_g = torch.autograd.grad(loss((h_k, *st_k)), ker_in)
-    for name, a, b in zip(["h", "C", "n", "m"], (h_k, *st_k), (h, *st), strict=True):
+    def fp32_grads(step):
+        ins = [x.float().requires_grad_(True) for x in xs]
+        h_, st_ = step(ins)
+        return (h_, *st_), torch.autograd.grad(loss((h_, *st_)), ins)
+
+    outs_k, got_g = fp32_grads(lambda a: kernels.mlstm_step(*a[:5], MLSTMState(*a[5:])))
+    def plain_step(a):
+        h_, st_ = mlstm_reference(a[0][:, :, None], a[1][:, :, None], a[2][:, :, None], a[3][..., None],
+                                  a[4][..., None], MLSTMState(*a[5:]))
+        return h_[:, :, 0], st_
+
+    _, plain_g = fp32_grads(plain_step)
+    for name, a, b in zip(["h", "C", "n", "m"], outs_k, (h, *st), strict=True):
         check(name, a, b, 1e-5)
-    # fp32 against fp64 with gates up to ±20: the backward is the step's fp32 torch formula.
-    for name, a, b in zip(["q", "k", "v", "i", "f", "C0", "n0", "m0"], got_g, want_g, strict=True):
-        check("d" + name, a, b, 1e-4)
+    # fp32 against fp64 with gates up to ±20 loses ~1e-4 in any fp32 implementation: the kernel's
+    # gradients must be no worse than twice those of the plain fp32 reference loop (plus 1e-6).
+    names = ["q", "k", "v", "i", "f", "C0", "n0", "m0"]
+    for name, a, p, b in zip(names, got_g, plain_g, want_g, strict=True):
+        plain_err = ((p.double() - b).abs().max() / b.abs().max()).item()
+        check("d" + name, a, b, 2 * plain_err + 1e-6)
 
 
 def test_steps_equal_chunkwise_kernel(kdevice, check):
