@@ -14,7 +14,6 @@ prompts of different lengths share a batch without changing any row's tokens.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from xlram.blocks import XLSTMConfig, XLSTMStack, xlstm_config
 from xlram.checkpoint import PretrainedMixin
+from xlram.generation import GenerationMixin, check_token_ids
 from xlram.models.registry import register_model
 from xlram.nn import small_init_, soft_cap
 
@@ -85,26 +85,7 @@ class XLSTMLMConfig:
         return cls(**{**d, "xlstm": XLSTMConfig.from_dict(xlstm)})
 
 
-def _check_ids(ids, name: str, ndim: int, vocab_size: int) -> torch.Tensor:
-    """Validate a token-id tensor at the public boundary and return it as int64."""
-    shape_name = "(B, S)" if ndim == 2 else "(B,)"
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids with shape {shape_name}, "
-                        f"got {type(ids).__name__}")
-    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
-        raise TypeError(f"{name} must have an integer dtype (token ids), got {ids.dtype}")
-    if ids.dim() != ndim:
-        raise ValueError(f"{name} must have shape {shape_name}, got {tuple(ids.shape)}")
-    if ids.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); give at least one token per row")
-    # One host sync; generate() uses the unchecked internal path so that decoding does not pay it per step.
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"{name} must lie in [0, {vocab_size}) (vocab_size), found values in [{lo}, {hi}]")
-    return ids.long()
-
-
-class XLSTMLM(PretrainedMixin, nn.Module):
+class XLSTMLM(GenerationMixin, PretrainedMixin, nn.Module):
     """xLSTM language model: ``nn.Embedding`` -> :class:`XLSTMStack` -> ``nn.Linear`` (no bias).
 
     The attribute names ``embedding``, ``stack`` and ``lm_head`` are part of the interface
@@ -140,13 +121,13 @@ class XLSTMLM(PretrainedMixin, nn.Module):
         ``state`` is the state a previous call returned (None: start from zeros); the returned state
         continues after the last token.
         """
-        ids = _check_ids(ids, "ids", 2, self.config.vocab_size)
+        ids = check_token_ids(ids, "ids", 2, self.config.vocab_size)
         self._check_device(ids, "ids")
         return self._forward(ids, state)
 
     def step(self, ids_t: torch.Tensor, state=None):
         """One token per row. ``ids_t`` (B,) integer -> ``(logits_t (B, V), state)``."""
-        ids_t = _check_ids(ids_t, "ids_t", 1, self.config.vocab_size)
+        ids_t = check_token_ids(ids_t, "ids_t", 1, self.config.vocab_size)
         self._check_device(ids_t, "ids_t")
         return self._step(ids_t, state)
 
@@ -179,179 +160,10 @@ class XLSTMLM(PretrainedMixin, nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.embedding.weight.numel() if non_embedding else n
 
-    # ---------------------------------------------------------------------------------------------
-    # Generation
-
-    @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, stop_tokens=None, generator=None,
-                 pad_id: int | None = None) -> torch.Tensor:
-        """Continue each prompt by up to ``max_new_tokens`` sampled tokens; returns the new tokens only.
-
-        Args:
-            prompt_ids: a (B, S) integer tensor, or a list of B 1-D sequences (tensors or lists of ints)
-                of possibly different lengths, each at least one token long.
-            max_new_tokens: how many tokens to add per row (fewer when a row stops).
-            temperature: 0 for greedy decoding (argmax); otherwise logits are divided by it.
-            top_k: sample only among the k most likely tokens.
-            top_p: sample only from the smallest set of most likely tokens whose probability reaches p
-                (nucleus sampling); the most likely token is always kept.
-            stop_tokens: a token id or a collection of ids; a row ends after producing one of them.
-            generator: None, one ``torch.Generator`` for the whole batch, or a list of B generators,
-                one per row. With one generator per row, each row's tokens depend only on its prompt
-                and its own generator: a batch gives the same tokens as each prompt alone.
-            pad_id: fills a row's positions after its stop token (default: the first stop token).
-
-        Returns:
-            ``(B, N)`` int64 tensor of new tokens, ``N <= max_new_tokens`` (shorter only when every row
-            stopped early).
-
-        How prompts of different lengths share a batch: one parallel forward consumes the prefix that
-        all rows have (their shortest length), then the model steps one token at a time. At each step a
-        row whose prompt goes on is fed its next prompt token, while the rows whose prompts are used up
-        feed back their sampled token. A row therefore sees exactly the tokens it would see alone, and
-        its generator is drawn from only when it samples. The only host syncs are one range check of
-        the prompts, the check whether every row has stopped (only when ``stop_tokens`` is given) and
-        the final length.
-        """
-        prompts, lengths = self._prepare_prompts(prompt_ids)
-        batch, max_len = prompts.shape
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if not isinstance(temperature, int | float) or not temperature >= 0 or math.isinf(temperature):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-        if top_p is not None and (not isinstance(top_p, int | float) or not 0 < top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-        stops = self._prepare_stop_tokens(stop_tokens)
-        if pad_id is None:
-            pad_id = stops[0] if stops else 0
-        elif isinstance(pad_id, bool) or not isinstance(pad_id, int):
-            raise ValueError(f"pad_id must be an int or None, got {pad_id!r}")
-        generators = self._prepare_generators(generator, batch)
-        device = prompts.device
-        if max_new_tokens == 0:
-            return torch.empty(batch, 0, dtype=torch.long, device=device)
-
-        common = min(lengths)
-        h, state = self.stack(self.embedding(prompts[:, :common]), None)  # (B, common, D)
-        logits = self._head(h[:, -1])  # (B, V); the head runs on the last position only
-        lengths_t = torch.tensor(lengths, device=device)
-        stop_t = torch.tensor(stops, dtype=torch.long, device=device)
-        out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-        stopped = torch.zeros(batch, dtype=torch.bool, device=device)
-        written = torch.zeros(batch, dtype=torch.long, device=device)  # tokens kept per row
-        last = max(n + max_new_tokens - 1 for n in lengths)  # the last position any row samples
-
-        for pos in range(common, last + 1):
-            # Which rows sample at this position is known on the host from the prompt lengths.
-            sampling = [i for i, n in enumerate(lengths) if n <= pos < n + max_new_tokens]
-            sampled = self._sample(logits, sampling, temperature, top_k, top_p, generators)  # (B,)
-            tokens = torch.where(pos < lengths_t, prompts[:, pos], sampled) if pos < max_len else sampled
-            if sampling:
-                col = pos - lengths_t
-                keep = (col >= 0) & (col < max_new_tokens) & ~stopped  # (B,)
-                col = col.clamp(0, max_new_tokens - 1).unsqueeze(1)
-                out.scatter_(1, col, torch.where(keep, tokens, out.gather(1, col).squeeze(1)).unsqueeze(1))
-                written += keep
-                if stops:
-                    stopped |= keep & torch.isin(tokens, stop_t)
-                    active = [i for i, n in enumerate(lengths) if pos < n + max_new_tokens - 1]
-                    if not active or bool(stopped[active].all()):
-                        break
-            if pos == last:
-                break
-            logits, state = self._step(tokens, state)
-        return out[:, : int(written.max())]
-
-    def _prepare_prompts(self, prompt_ids) -> tuple[torch.Tensor, list[int]]:
-        """-> right-padded prompts (B, max_len) int64 on the model's device, and their lengths."""
-        device = self.embedding.weight.device
-        if isinstance(prompt_ids, torch.Tensor):
-            ids = _check_ids(prompt_ids, "prompt_ids", 2, self.config.vocab_size).to(device)
-            return ids, [ids.shape[1]] * ids.shape[0]
-        if not isinstance(prompt_ids, Sequence) or isinstance(prompt_ids, str | bytes) or not prompt_ids:
-            raise TypeError("prompt_ids must be a (B, S) tensor or a non-empty list of 1-D token sequences, "
-                            f"got {type(prompt_ids).__name__}")
-        rows = []
-        for i, p in enumerate(prompt_ids):
-            if isinstance(p, torch.Tensor):
-                if p.dim() != 1:
-                    raise ValueError(f"prompt_ids[{i}] must be 1-D, got shape {tuple(p.shape)}")
-                row = p
-            else:
-                try:
-                    row = torch.as_tensor(list(p), dtype=torch.long)
-                except (TypeError, ValueError, OverflowError) as e:
-                    raise TypeError(f"prompt_ids[{i}] must be a sequence of ints: {e}") from None
-            if row.numel() == 0:
-                raise ValueError(f"prompt_ids[{i}] is empty; each prompt needs at least one token "
-                                 f"(e.g. a BOS token)")
-            rows.append(_check_ids(row.unsqueeze(0), f"prompt_ids[{i}]", 2, self.config.vocab_size)[0])
-        lengths = [r.numel() for r in rows]
-        padded = torch.zeros(len(rows), max(lengths), dtype=torch.long)
-        for i, r in enumerate(rows):
-            padded[i, : r.numel()] = r.cpu()
-        return padded.to(device), lengths
-
-    def _prepare_stop_tokens(self, stop_tokens) -> list[int]:
-        if stop_tokens is None:
-            return []
-        if isinstance(stop_tokens, torch.Tensor):
-            stop_tokens = stop_tokens.flatten().tolist()
-        elif isinstance(stop_tokens, int) and not isinstance(stop_tokens, bool):
-            stop_tokens = [stop_tokens]
-        stops = list(stop_tokens)
-        for t in stops:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.config.vocab_size:
-                raise ValueError(f"stop_tokens must be ids in [0, {self.config.vocab_size}), got {t!r}")
-        return stops
-
-    @staticmethod
-    def _prepare_generators(generator, batch: int):
-        if generator is None or isinstance(generator, torch.Generator):
-            return generator
-        if isinstance(generator, Sequence) and all(isinstance(g, torch.Generator) for g in generator):
-            if len(generator) != batch:
-                raise ValueError(f"generator: a list needs one torch.Generator per row ({batch}), "
-                                 f"got {len(generator)}")
-            return list(generator)
-        raise TypeError(f"generator must be None, a torch.Generator or a list of them, "
-                        f"got {type(generator).__name__}")
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, rows: list[int], temperature: float, top_k: int | None,
-                top_p: float | None, generators) -> torch.Tensor:
-        """One token per row from ``logits`` (B, V) -> (B,) int64. Only ``rows`` draw random numbers."""
-        if temperature == 0 or not rows:
-            return logits.argmax(dim=-1)
-        batch, vocab = logits.shape
-        logits = logits.float() / temperature
-        if top_k is not None and top_k < vocab:
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p is not None and top_p < 1:
-            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            # Drop a token when the tokens ranked above it already reach top_p: the top one always stays.
-            drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-            logits = logits.masked_fill(drop, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        # Inverse-CDF sampling needs one uniform number per row, so a row's draws do not depend on the
-        # batch it is in when it has its own generator.
-        if isinstance(generators, list):
-            u = torch.zeros(batch, device=logits.device)
-            for i in rows:
-                g = generators[i]
-                u[i] = torch.rand(1, generator=g, device=g.device).to(logits.device)[0]
-        else:
-            dev = generators.device if generators is not None else logits.device
-            u = torch.rand(batch, generator=generators, device=dev).to(logits.device)
-        cdf = probs.cumsum(dim=-1)  # (B, V)
-        target = (u * cdf[:, -1]).unsqueeze(1)
-        return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=vocab - 1)
+    def _prefill(self, ids: torch.Tensor, total_len: int):
+        """Generation's prefill: (B, S) prompt prefix -> (last-position logits (B, V), state)."""
+        h, state = self.stack(self.embedding(ids), None)  # (B, S, D)
+        return self._head(h[:, -1]), state  # the head runs on the last position only
 
 
 # -------------------------------------------------------------------------------------------------
