@@ -2,15 +2,17 @@
 sampler throughput.
 
 Rows (SPEC section 6):
-* per domain and task: ``success_rate`` (Meta-World, the expert's any-step success), ``expert_return``
-  and ``random_return`` over the same fixed seeds (Atari: game points; ``expert_return_clipped`` too);
+* per domain and task: ``success_rate`` (Meta-World and robosuite, the expert's any-step success),
+  ``expert_return`` and ``random_return`` over the same fixed seeds (Atari: game points;
+  ``expert_return_clipped`` too);
 * Dark-Room: mean over the training (and held-out) goals of the optimal and random returns and of the
   learner's first and last episode returns (``learner_first_return``, ``learner_last_return``);
 * ``steps_per_s`` per domain: generation throughput of one worker (rollouts plus the Minari write);
 * ``ms_per_batch`` per domain: the training sampler (batch 32, context 50).
 
 ``--quick`` evaluates the mini suite's tasks with few episodes (a few minutes); the full run evaluates
-every task with an expert (all 50 Meta-World tasks) with more episodes.
+every task with an expert (all 50 Meta-World tasks) with more episodes. robosuite (Lift, Door) is
+evaluated in both when it is installed.
 """
 
 from __future__ import annotations
@@ -55,7 +57,15 @@ def _evaluate(task_id: str, episodes: int, seed: int, max_steps: int | None = No
 
 def _expert_rows(quick: bool) -> list[dict]:
     from xlram.rl.envs import metaworld as mw
-    from xlram.rl.generate import ATARI_GAMES, FULL_DMCONTROL, MINI_DMCONTROL, MINI_METAWORLD, task_seed
+    from xlram.rl.generate import (
+        ATARI_GAMES,
+        FULL_DMCONTROL,
+        MINI_DMCONTROL,
+        MINI_METAWORLD,
+        ROBOSUITE_TASKS,
+        robosuite_available,
+        task_seed,
+    )
 
     rows = []
     plan = []
@@ -64,6 +74,10 @@ def _expert_rows(quick: bool) -> list[dict]:
     dmc_tasks = list(MINI_DMCONTROL) + ["cartpole-balance"] if quick else FULL_DMCONTROL
     plan += [(f"dmcontrol/{t}", 3 if quick else 10) for t in dmc_tasks]
     plan += [(f"atari/{g}", 1 if quick else 3) for g in ATARI_GAMES]
+    if robosuite_available():
+        plan += [(f"robosuite/{t}", 5 if quick else 20) for t in ROBOSUITE_TASKS]
+    else:
+        print("  robosuite is not installed: no robosuite rows", flush=True)
     for task_id, n in plan:
         domain, task = task_id.split("/", 1)
         r = _evaluate(task_id, n, seed=10_000_000 + task_seed(task_id) // 1000)

@@ -107,6 +107,40 @@ def test_robosuite_lift_expert():
     assert env.observation_space.shape == (204,) and env.action_space.shape == (7,)
 
 
+def test_robosuite_door_expert():
+    pytest.importorskip("robosuite")
+    for seed in (0, 1):
+        ep = _episode("robosuite/door", seed=seed)
+        assert ep.meta["return"] == 1.0 and ep.terminations[-1] and len(ep) < 100, seed
+
+
+@pytest.mark.slow
+def test_robosuite_experts_quality():
+    pytest.importorskip("robosuite")
+    from xlram.rl.generate import ROBOSUITE_TASKS
+
+    for t in ROBOSUITE_TASKS:
+        succ = [_episode(f"robosuite/{t}", seed=100 + k).meta["return"] for k in range(20)]
+        assert np.mean(succ) >= 0.9, t
+
+
+def test_metaworld_soccer_expert():
+    pytest.importorskip("metaworld")
+    env = make_env("metaworld/soccer", padded=False)
+    expert = make_expert(env)  # the corrected one, a state machine reset between episodes
+    for seed in (7, 2012):  # 2012: the shipped policy knocks the ball out of reach
+        assert run_episode(env, expert, seed).meta["success"] == 1.0, seed
+
+
+@pytest.mark.slow
+def test_metaworld_soccer_expert_quality():
+    pytest.importorskip("metaworld")
+    env = make_env("metaworld/soccer", padded=False)
+    expert = make_expert(env)
+    succ = [run_episode(env, expert, 500 + k).meta["success"] for k in range(50)]
+    assert np.mean(succ) >= 0.95
+
+
 def test_atari_freeway_expert_crosses():
     pytest.importorskip("ale_py")
     ep = _episode("atari/freeway", seed=0, max_steps=600)

@@ -67,7 +67,7 @@ FULL_DMCONTROL = (
     "reacher-hard",
 )
 ATARI_GAMES = ("pong", "breakout", "freeway")
-ROBOSUITE_TASKS = ("lift",)
+ROBOSUITE_TASKS = ("lift", "door")
 
 DEFAULT_EPISODES = {
     "mini": {"metaworld": 30, "dmcontrol": 12, "atari": 8, "darkroom": 50, "robosuite": 10},

@@ -169,7 +169,90 @@ class PegInsertSidePolicy:
         return np.array([*np.clip(25.0 * (target - hand), -1, 1), grab])
 
 
+class SoccerPolicy:
+    """soccer: grasp the ball, carry it (lifted 3 cm) to a point 16 cm in front of the goal centre,
+    set it down, let go, and push it straight in (+y) with the back finger, whose flat pad sends a
+    sphere along its normal.
+
+    The shipped policy pushes the ball sideways, at full speed, whenever it is more than 5 cm off the
+    goal in x, and only then forwards. Rolling, the ball has almost no friction (rolling friction
+    1e-4), so a sideways knock (often the fingertips hitting it while the hand comes down beside it)
+    sends it well past the 10 cm window it aims for; the policy then heads for the ball's other side
+    at ball height, straight through the ball, knocking it further the same way, until it rolls out of
+    the hand's reach (|x| > 0.5). Over seeds 0-199 it fails 29 times: 22 so, 5 with the ball jammed
+    against the goal frame beside the mouth, 2 with the ball knocked back towards the robot. Held, the
+    ball goes exactly where the hand goes, and it is released at rest, lined up with the goal.
+    """
+
+    stage_back = 0.16  # the ball is set down this far in front of the goal centre (the mouth: 6.4 cm)
+    stop = 0.03  # the push ends with the hand this far in front of the goal centre
+    low, lift, above = 0.05, 0.08, 0.12  # hand heights: at the ball, carrying, travelling
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase, self.count, self.still, self.last_z = "above", 0, 0, None
+
+    def get_action(self, obs: np.ndarray) -> np.ndarray:
+        hand, ball, goal = obs[:3], obs[4:7], obs[-3:]
+        stage = np.array([goal[0], goal[1] - self.stage_back])
+        off = ball[:2] - hand[:2]
+        if self.phase in ("lift", "carry", "lower") and (
+            np.linalg.norm(off) > 0.03 or ball[2] < hand[2] - 0.05
+        ):
+            self.reset()  # the ball slipped out: start over
+        if self.phase == "push" and (abs(off[0]) > 0.03 or off[1] < -0.04):
+            self.reset()  # the ball is no longer in front of the back finger
+        grab, fast = -1.0, False
+        if self.phase == "above":
+            target, fast = np.array([ball[0], ball[1], self.above]), True
+            if np.linalg.norm(off) < 0.01:
+                self.phase = "down"
+        if self.phase == "down":
+            target = np.array([ball[0], ball[1], self.low])
+            moved = self.last_z is None or abs(hand[2] - self.last_z) > 1e-3
+            self.still = 0 if moved else self.still + 1
+            if (hand[2] < self.low + 0.01 or self.still >= 3) and np.linalg.norm(off) < 0.008:
+                self.phase, self.count = "grasp", 0
+        if self.phase == "grasp":
+            target, grab = hand.copy(), 1.0
+            self.count += 1
+            if self.count >= 6:
+                self.phase, self.count = "lift", 0
+        if self.phase == "lift":
+            target, grab = np.array([hand[0], hand[1], self.lift]), 1.0
+            self.count += 1
+            if ball[2] > 0.016 + self.lift - self.low or self.count >= 15:
+                self.phase = "carry"
+        if self.phase in ("carry", "lower"):
+            # steer the ball, not the hand, to the staging point (it may sit off-centre in the grip)
+            grab = 1.0
+            target = np.array([*(hand[:2] + stage - ball[:2]), self.lift])
+            if self.phase == "carry" and np.linalg.norm(ball[:2] - stage) < 0.01:
+                self.phase = "lower"
+            if self.phase == "lower":
+                target[2] = self.low
+                if ball[2] < 0.03:
+                    self.phase, self.count = "release", 0
+        if self.phase == "release":
+            target = hand.copy()
+            self.count += 1
+            if self.count >= 5:
+                self.phase = "push"
+        self.last_z = float(hand[2]) if self.phase == "down" else None
+        if self.phase == "push":
+            target = np.array([ball[0], hand[1], self.low])
+        err = target - hand
+        g = 25.0 if fast and np.linalg.norm(err[:2]) >= 0.04 else 10.0
+        d = np.clip(np.array([g, g, 25.0]) * err, -1, 1)
+        if self.phase == "push":
+            d[1] = 1.0 if hand[1] < goal[1] - self.stop else 0.0
+        return np.array([*d, grab])
+
+
 _OVERRIDES = {
+    "soccer": SoccerPolicy,
     "peg-insert-side": PegInsertSidePolicy,
     "shelf-place": ShelfPlacePolicy,
     "box-close": BoxClosePolicy,
