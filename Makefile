@@ -10,10 +10,10 @@ $(BIN)/python:
 
 # torch==2.13.0 first: it resolves to the local CPU wheel; an open range would pull CUDA builds.
 # Extras: test (pytest, ruff, the official packages for parity), plot, rl (simulators), gpu (triton;
-# its kernels are tested on CPU under TRITON_INTERPRET=1).
+# its kernels are tested on CPU under TRITON_INTERPRET=1), train (TensorBoard logs).
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,plot,rl,gpu]'
+	$(BIN)/pip install -q -e '.[test,plot,rl,gpu,train]'
 
 demo: install
 	$(BIN)/xlram demo

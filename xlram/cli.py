@@ -1,4 +1,4 @@
-"""The `xlram` command: `xlram demo`, `xlram bench SUITE`, `xlram data ...`.
+"""The `xlram` command: `xlram demo`, `xlram bench SUITE`, `xlram data ...`, `xlram train ...`.
 
 Each subcommand's work lives in its own module, imported only when that subcommand runs, so that
 `xlram --help` stays fast and optional dependencies are needed only by the commands that use them.
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_bench(sub)
     _add_data(sub)
+    importlib.import_module("xlram.train.commands").add_train_parser(sub)
     return parser
 
 
