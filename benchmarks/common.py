@@ -40,8 +40,8 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, sync: Callable[[], None] | None = None
-              ) -> float:
+def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
+              sync: Callable[[], None] | None = None) -> float:
     """Median wall time of `fn()` in milliseconds over `repeats` runs after `warmup` untimed runs."""
     for _ in range(warmup):
         fn()
