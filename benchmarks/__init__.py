@@ -6,5 +6,8 @@ and optionally `add_arguments(parser)`. Register it in SUITES.
 
 SUITES: dict[str, str] = {
     "data": "benchmarks.data",
+    "ops": "benchmarks.ops",
+    "step": "benchmarks.step",
+    "train": "benchmarks.train",
     "ops_cuda": "benchmarks.ops_cuda",
 }

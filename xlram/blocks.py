@@ -27,6 +27,8 @@ from xlram.nn import ACTIVATIONS, GatedFFN, LayerNorm, RMSNorm, round_up, wang_i
 from xlram.ops.slstm import FORGET_GATES
 
 BLOCK_TYPES = ("neurips", "large")
+# Without gradients, XLSTMStack.forward runs sequences longer than this in segments of this length.
+INFERENCE_SEGMENT = 2048
 MLSTM_FORMS = ("auto", "parallel", "chunkwise", "recurrent")
 SLSTM_FORMS = ("auto", "reference", "recurrent")
 
@@ -307,6 +309,10 @@ class MLSTMBlock(nn.Module):
         y, state = self.layer.step(self.norm(x), state)
         return x + y, state
 
+    def step_(self, x: torch.Tensor, state) -> torch.Tensor:
+        """:meth:`step` with the state updated in place (inference; see ``XLSTMStack.step``)."""
+        return x + self.layer.step_(self.norm(x), state)
+
 
 class SLSTMBlock(nn.Module):
     """``x + SLSTMLayer(LayerNorm(x))`` then ``x + GatedFFN(LayerNorm(x))``.
@@ -357,6 +363,11 @@ class SLSTMBlock(nn.Module):
         y, state = self.layer.step(self.norm(x), state)
         x = x + y
         return x + self.ffn(self.ffn_norm(x)), state
+
+    def step_(self, x: torch.Tensor, state) -> torch.Tensor:
+        """:meth:`step` with the state updated in place (inference; see ``XLSTMStack.step``)."""
+        x = x + self.layer.step_(self.norm(x), state)
+        return x + self.ffn(self.ffn_norm(x))
 
 
 class LargeBlock(nn.Module):
@@ -416,6 +427,11 @@ class LargeBlock(nn.Module):
         x = x + y
         return x + self.ffn(self.ffn_norm(x)), state
 
+    def step_(self, x: torch.Tensor, state) -> torch.Tensor:
+        """:meth:`step` with the state updated in place (inference; see ``XLSTMStack.step``)."""
+        x = x + self.layer.step_(self.norm(x), state)
+        return x + self.ffn(self.ffn_norm(x))
+
 
 _BLOCKS = {"mlstm": MLSTMBlock, "slstm": SLSTMBlock, "large": LargeBlock}
 
@@ -439,6 +455,8 @@ class XLSTMStack(nn.Module):
         self.config = config
         self.blocks = nn.ModuleList(_BLOCKS[t](config, i) for i, t in enumerate(config.block_types))
         D = config.embedding_dim
+        self._compiled_step, self._compiled_keys, self._compiled_params = None, set(), []
+        self._last_state = None  # the state the in-place step returned last (known to be updatable)
         if not config.add_post_blocks_norm:
             self.post_blocks_norm = nn.Identity()
         elif config.block == "large":
@@ -473,21 +491,124 @@ class XLSTMStack(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.config.embedding_dim:
             D = self.config.embedding_dim
             raise ValueError(f"XLSTMStack.forward: x must be (B, S, {D}), got {tuple(x.shape)}")
+        states = self._states(state)
+        S = x.shape[1]
+        if torch.is_grad_enabled() or S <= INFERENCE_SEGMENT:
+            return self._forward(x, states)
+        # Inference over a long sequence: segment by segment, the state passed on (exact, as any
+        # chunked forward): activations then stay a few MiB, where whole-sequence ones (64 MiB per
+        # tensor at S = 16,384, D = 256) would be mapped fresh from the OS and paged in by every op.
+        ys = []
+        for a in range(0, S, INFERENCE_SEGMENT):
+            y, states = self._forward(x[:, a : a + INFERENCE_SEGMENT], states)
+            ys.append(y)
+        return torch.cat(ys, dim=1), states
+
+    def _forward(self, x: torch.Tensor, states) -> tuple[torch.Tensor, tuple]:
         new = []
-        for block, s in zip(self.blocks, self._states(state), strict=True):
+        for block, s in zip(self.blocks, states, strict=True):
             x, s = block(x, s)
             new.append(s)
         return self.post_blocks_norm(x), tuple(new)
 
     def step(self, x: torch.Tensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        """One step: ``x (B, D)`` -> ``(y (B, D), state)``.
+
+        With gradients enabled this is a plain function of its inputs (differentiable, the passed
+        state is left as it is). Under ``torch.no_grad()`` it is the inference path: the state's
+        tensors are updated in place and the same state is returned, so a decode loop allocates no
+        state memory. A state whose tensors are not plain contiguous tensors of their own (views into
+        a forward pass's buffers) or that need gradients is copied once first, and the copy is
+        updated and returned; never step twice from one state object under ``no_grad`` expecting the
+        same result. :meth:`compile_step` replaces the in-place path by a ``torch.compile``d one.
+        """
         if x.dim() != 2 or x.shape[-1] != self.config.embedding_dim:
             D = self.config.embedding_dim
             raise ValueError(f"XLSTMStack.step: x must be (B, {D}), got {tuple(x.shape)}")
-        new = []
-        for block, s in zip(self.blocks, self._states(state), strict=True):
-            x, s = block.step(x, s)
-            new.append(s)
-        return self.post_blocks_norm(x), tuple(new)
+        states = self._states(state)
+        if torch.is_grad_enabled():
+            new = []
+            for block, s in zip(self.blocks, states, strict=True):
+                x, s = block.step(x, s)
+                new.append(s)
+            return self.post_blocks_norm(x), tuple(new)
+        if state is None or state is not self._last_state:
+            state = self._own_state(states, x)
+            self._last_state = state
+        if self._compiled_step is None:
+            return self._step_(x, state), state
+        return self._run_compiled(x, state), state
+
+    def _run_compiled(self, x: torch.Tensor, state: tuple) -> torch.Tensor:
+        """The compiled step. Dynamo checks ~150 guards (one per parameter and state tensor) on every
+        call, a sizeable part of a small model's step; once a graph has run for inputs with this
+        signature (shape, strides, dtype and device of x and of the parameters), later calls with the
+        same signature skip all guards but the ones that tell cached graphs apart. The state is the
+        stack's own (``_own_state``), so its layout follows from x. Parameters may be updated in place
+        (``load_state_dict``, optimiser steps); after replacing parameter objects call
+        :meth:`compile_step` again."""
+        p0 = self._compiled_params[0] if self._compiled_params else x
+        key = (x.shape, x.stride(), x.dtype, x.device, p0.dtype, p0.device)
+        if key in self._compiled_keys:
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return self._compiled_step(x, state)
+        y = self._compiled_step(x, state)
+        self._compiled_keys.add(key)
+        return y
+
+    def _step_(self, x: torch.Tensor, state: tuple) -> torch.Tensor:
+        """The in-place step over all blocks (state already in place-updatable form)."""
+        for block, s in zip(self.blocks, state, strict=True):
+            x = block.step_(x, s)
+        return self.post_blocks_norm(x)
+
+    def _own_state(self, states, x: torch.Tensor) -> tuple:
+        """``states`` with every block state that cannot be updated in place replaced by a copy that can:
+        None -> zeros; tensors that are views, not contiguous or need gradients -> contiguous copies."""
+        own = []
+        for block, s in zip(self.blocks, states, strict=True):
+            if s is None:
+                s = block.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+            else:
+                leaves = _leaves(s)
+                if not all(t.is_contiguous() and t._base is None and not t.requires_grad for t in leaves):
+                    s = _map_leaves(s, lambda t: t.detach().clone(memory_format=torch.contiguous_format))
+            own.append(s)
+        if isinstance(states, tuple) and all(a is b for a, b in zip(own, states, strict=True)):
+            return states  # already the stack's own: the caller gets back the very object it passed
+        return tuple(own)
+
+    def compile_step(self, enable: bool = True, **compile_kwargs) -> XLSTMStack:
+        """Run the in-place inference step (``step`` under ``no_grad``) through ``torch.compile``.
+
+        Inductor fuses each block's elementwise work into a few C++ loops around the matmuls, which
+        pays where per-kernel overhead dominates (small batches). The first call for each batch size
+        compiles (tens of seconds on a small CPU); ``enable=False`` goes back to the eager path.
+        ``compile_kwargs`` go to ``torch.compile`` (default ``dynamic=False``). Returns ``self``.
+        """
+        if not enable:
+            self._compiled_step, self._compiled_keys = None, set()
+            return self
+        compile_kwargs.setdefault("dynamic", False)
+        self._compiled_step = torch.compile(self._step_, **compile_kwargs)
+        self._compiled_keys = set()
+        self._compiled_params = list(self.parameters())
+        return self
+
+
+def _leaves(state) -> list[torch.Tensor]:
+    """The tensors of a (nested tuple) block state."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for s in state for t in _leaves(s)]
+
+
+def _map_leaves(state, fn):
+    """The same nested (named) tuple with ``fn`` applied to every tensor."""
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    parts = [_map_leaves(s, fn) for s in state]
+    return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
 
 
 __all__ = [

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlram.nn import CausalConv1d, HeadwiseLinear, HeadwiseNorm, round_up, small_init_, wang_init_
+from xlram.nn.linear import _grouped, _GroupedLinear
 from xlram.ops.mlstm import MLSTMState, mlstm, mlstm_step, zero_state
+from xlram.ops.mlstm.dispatch import choose_chunk
+from xlram.ops.mlstm.recurrent import mlstm_step_
+
+# Rows from which the gate pre-activations are computed from folded weights (see ``_gates``).
+_FOLD_ROWS = 64
 
 
 class MLSTMLayerState(NamedTuple):
@@ -132,14 +138,47 @@ class MLSTMLayer(nn.Module):
         """SiLU(conv(x_m)) and the new conv state; the identity when there is no conv."""
         if self.conv is None:
             return x_m, conv_state
-        y, conv_state = (self.conv.step if step else self.conv)(x_m, conv_state)
-        return F.silu(y), conv_state
+        if step:
+            y, conv_state = self.conv.step(x_m, conv_state)
+            return F.silu(y), conv_state
+        return self.conv(x_m, conv_state, silu=True)  # SiLU fused into the conv's kernels
+
+    def _qk(self, x_c):
+        """q and k (..., Di) from x_c. Over many rows both come out of one grouped matmul (x_c is read
+        once, and its gradient is one matmul instead of two plus their sum)."""
+        qp, kp = self.q_proj, self.k_proj
+        if x_c.numel() < _FOLD_ROWS * self.inner_dim or qp.group != kp.group:
+            return qp(x_c), kp(x_c)
+        wg = torch.cat([qp.packed_weight(x_c.dtype), kp.packed_weight(x_c.dtype)], dim=1)  # (ng, 2 go, gi)
+        x2 = x_c.reshape(-1, self.inner_dim)
+        y = _GroupedLinear.apply(x2, wg) if torch.is_grad_enabled() else _grouped(x2, wg)
+        y = y.view(*x_c.shape[:-1], wg.shape[0], 2, wg.shape[1] // 2)
+        q, k = y.select(-2, 0).flatten(-2), y.select(-2, 1).flatten(-2)  # (..., Di), strided
+        if qp.bias is not None:
+            q, k = q + qp.bias, k + kp.bias
+        return q, k
 
     def _gates(self, x_c, x_m):
         """q, k, v (..., Di) and the gate pre-activations i, f (..., NH)."""
-        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
-        qkv = torch.cat([q, k, v], dim=-1)  # (..., 3 Di)
-        return q, k, v, self.igate(qkv), self.fgate(qkv)
+        (q, k), v = self._qk(x_c), self.v_proj(x_m)
+        # Both gates in one matmul: half the calls, and no sum of two input gradients.
+        w = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3 Di)
+        b = torch.cat([self.igate.bias, self.fgate.bias])
+        if x_c.numel() < _FOLD_ROWS * self.inner_dim:
+            gates = F.linear(torch.cat([q, k, v], dim=-1), w, b)
+        else:
+            # Over many rows, fold the gates into the q/k/v maps: gates = Wc x_c + Wm x_m + b', with
+            # (2 NH, Di) matrices made from the weights. No (..., 3 Di) concatenation either way, and
+            # the gradient matmuls have Di columns instead of 3 Di (with only 2 NH rows, they run at
+            # memory speed, so their size is their cost).
+            wq, wk, wv = w.split(self.inner_dim, dim=1)
+            (cq, bq), (ck, bk), (cv, bv) = self.q_proj.fold(wq), self.k_proj.fold(wk), self.v_proj.fold(wv)
+            for extra in (bq, bk, bv):
+                b = b if extra is None else b + extra
+            gates = torch.addmm(b, x_c.reshape(-1, self.inner_dim), (cq + ck).t())
+            gates = gates.addmm_(x_m.reshape(-1, self.inner_dim), cv.t()).view(*x_c.shape[:-1], -1)
+        i, f = gates.split(self.num_heads, dim=-1)
+        return q, k, v, i, f
 
     def _out(self, h, x_c, z):
         """Per-head norm, learnable skip, output gate and down-projection. h, x_c, z: (..., Di)."""
@@ -157,9 +196,10 @@ class MLSTMLayer(nn.Module):
         x_c, conv_state = self._conv(x_m, state.conv, step=False)
         q, k, v, i, f = self._gates(x_c, x_m)
         heads = lambda t: t.view(B, S, NH, DH).transpose(1, 2)  # (B, NH, S, DH)
+        chunk_size = self.chunk_size or choose_chunk(S, DH, DH)
         h, cell = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state.cell,
-            form=self.form, chunk_size=self.chunk_size, eps=self.eps,
+            form=self.form, chunk_size=chunk_size, eps=self.eps,
         )  # h (B, NH, S, DH)
         h = h.transpose(1, 2).reshape(B, S, self.inner_dim)
         return self._out(h, x_c, z), MLSTMLayerState(cell, conv_state)
@@ -177,3 +217,24 @@ class MLSTMLayer(nn.Module):
         heads = lambda t: t.view(B, NH, DH)
         h, cell = mlstm_step(heads(q), heads(k), heads(v), i, f, state.cell, eps=self.eps)  # (B, NH, DH)
         return self._out(h.reshape(B, self.inner_dim), x_c, z), MLSTMLayerState(cell, conv_state)
+
+    def step_(self, x: torch.Tensor, state: MLSTMLayerState) -> torch.Tensor:
+        """One step that updates ``state`` in place and returns y (B, D): the inference path.
+
+        ``state`` must be a full MLSTMLayerState (e.g. from :meth:`init_state`) whose tensors nothing
+        else needs (they are overwritten); call under ``torch.no_grad()``. The same function as
+        :meth:`step`.
+        """
+        B, _ = x.shape
+        NH, DH = self.num_heads, self.head_dim
+        x_m, z = self.proj_up(x).split(self.inner_dim, dim=-1)  # (B, Di) each
+        if self.conv is None:
+            x_c = x_m
+        else:
+            y, conv = self.conv.step(x_m, state.conv)
+            state.conv.copy_(conv)
+            x_c = F.silu(y)
+        q, k, v, i, f = self._gates(x_c, x_m)
+        heads = lambda t: t.view(B, NH, DH)
+        h = mlstm_step_(heads(q), heads(k), heads(v), i, f, state.cell, eps=self.eps)  # (B, NH, DH)
+        return self._out(h.reshape(B, self.inner_dim), x_c, z)

@@ -16,6 +16,8 @@ from torch import nn
 
 from xlram.nn import HeadwiseNorm, small_init_, soft_cap, wang_init_
 from xlram.ops.mlstm import MLSTMState, mlstm, mlstm_step, zero_state
+from xlram.ops.mlstm.dispatch import choose_chunk
+from xlram.ops.mlstm.recurrent import mlstm_step_
 
 
 class MLSTMLargeLayer(nn.Module):
@@ -111,9 +113,10 @@ class MLSTMLargeLayer(nn.Module):
         NH = self.num_heads
         q, k, v, o, i, f = self._project(x)
         heads = lambda t: t.view(B, S, NH, -1).transpose(1, 2)  # (B, NH, S, d)
+        chunk_size = self.chunk_size or choose_chunk(S, self.qk_head_dim, self.v_head_dim)
         h, state = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
-            form=self.form, chunk_size=self.chunk_size, eps=self.eps,
+            form=self.form, chunk_size=chunk_size, eps=self.eps,
         )  # (B, NH, S, DHV)
         return self._out(h.transpose(1, 2).reshape(B, S, self.v_dim), o), state
 
@@ -124,3 +127,13 @@ class MLSTMLargeLayer(nn.Module):
         heads = lambda t: t.view(B, NH, -1)
         h, state = mlstm_step(heads(q), heads(k), heads(v), i, f, state, eps=self.eps)  # (B, NH, DHV)
         return self._out(h.reshape(B, self.v_dim), o), state
+
+    def step_(self, x: torch.Tensor, state: MLSTMState) -> torch.Tensor:
+        """One step that updates ``state`` (a full MLSTMState) in place and returns y (B, D): the
+        inference path, the same function as :meth:`step`; call under ``torch.no_grad()``."""
+        B, _ = x.shape
+        NH = self.num_heads
+        q, k, v, o, i, f = self._project(x)
+        heads = lambda t: t.view(B, NH, -1)
+        h = mlstm_step_(heads(q), heads(k), heads(v), i, f, state, eps=self.eps)  # (B, NH, DHV)
+        return self._out(h.reshape(B, self.v_dim), o)

@@ -150,8 +150,10 @@ class SLSTMLayer(nn.Module):
     def _conv(self, x, conv_state, step: bool):
         if self.conv is None:
             return x, conv_state
-        y, conv_state = (self.conv.step if step else self.conv)(x, conv_state)
-        return F.silu(y), conv_state
+        if step:
+            y, conv_state = self.conv.step(x, conv_state)
+            return F.silu(y), conv_state
+        return self.conv(x, conv_state, silu=True)  # SiLU fused into the conv's kernels
 
     def _wx(self, x_c, x):
         """Input contributions, (..., 4, NH, DH) in gate order i, f, z, o."""
@@ -181,3 +183,11 @@ class SLSTMLayer(nn.Module):
         r, b = self.recurrent_kernel.to(wx.dtype), self.bias.to(wx.dtype)
         h, cell = slstm_step(wx, r, b, state.cell, forget_gate=self.forget_gate)  # (B, D)
         return self.norm(self.dropout(h)), SLSTMLayerState(cell, conv_state)
+
+    def step_(self, x: torch.Tensor, state: SLSTMLayerState) -> torch.Tensor:
+        """One step that updates ``state`` (a full SLSTMLayerState) in place and returns y (B, D): the
+        inference path, the same function as :meth:`step`; call under ``torch.no_grad()``."""
+        y, new = self.step(x, state)
+        for old_t, new_t in zip((*state.cell, state.conv), (*new.cell, new.conv), strict=True):
+            old_t.copy_(new_t)
+        return y

@@ -13,9 +13,11 @@ taken out of the loops:
 - the gradients of R, b and wx are read off the stored pre-activation gradients after the loop
   (one ``bmm`` and one sum), so the backward loop only carries (dh, dc, dn, dm).
 
-Internal layout is head-major, (NH, B, DH) per step and (NH, S, B, DH) per sequence, so the
-block-diagonal R is a batched matmul over heads: R (NH, DH, 4 DH), pre-activations (NH, B, 4 DH)
-with the gate-major column order (g, j) of r[h, k, g, j].
+Internal layout: (NH, B, DH) per step, so the block-diagonal R is a batched matmul over heads:
+R (NH, DH, 4 DH), pre-activations (NH, B, 4 DH) with the gate-major column order (g, j) of
+r[h, k, g, j]. Per sequence the buffers are time-major, (S, NH, B, DH): every per-step slice the loops
+touch is then contiguous, which matters more than it seems (a ``baddbmm_`` into a strided slice takes
+a per-head slow path, ~9x slower at batch 1).
 
 The backward (per element; ``gh`` = upstream dh_t plus the dh_t carried back through R):
 
@@ -63,15 +65,14 @@ def _forward(
     """Run the recurrence; all tensors already in the compute dtype.
 
     wx (B, S, 4, NH, DH), r (NH, DH, 4, DH), b (4, NH, DH), h0..m0 (B, NH * DH).
-    Every buffer is head-major with time second, so that per head the (t, b) rows of a whole
-    sequence are one matrix (the gradient of R is then one bmm, without copies). Returns buffers by
-    name, and the time slot of the final state in CN and M:
-      G  (NH, S, B, 4 DH)        pre-activations (h_{t-1} R included), gate-major columns (g, j);
-      H  (NH, S + 1, B, DH)      outputs, slot 0 the initial h;
-      CN (2, NH, slots, B, DH)   (c, n), stacked so that one kernel updates both;
-      M  (NH, slots, B, DH)      stabiliser;
-      IF (2, NH, steps, B, DH)   (i', f');   ZO (2, NH, steps, B, DH)   (tanh z̃, 1);
-      O  (NH, steps, B, DH)      sigmoid(õ); T (NH, steps, B, DH) bool, where m_t took ĩ;
+    Every buffer is time-major, so each step's slice is contiguous. Returns buffers by name, and the
+    time slot of the final state in CN and M:
+      G  (S, NH, B, 4 DH)        pre-activations (h_{t-1} R included), gate-major columns (g, j);
+      H  (S + 1, NH, B, DH)      outputs, slot 0 the initial h;
+      CN (slots, 2, NH, B, DH)   (c, n), stacked so that one kernel updates both;
+      M  (slots, NH, B, DH)      stabiliser;
+      IF (steps, 2, NH, B, DH)   (i', f');   ZO (steps, 2, NH, B, DH)   (tanh z̃, 1);
+      O  (steps, NH, B, DH)      sigmoid(õ); T (steps, NH, B, DH) bool, where m_t took ĩ;
       cap0 (NH, B, DH) bool      where f' was capped at 1 on the first step.
     With ``keep_all`` (for the backward) slots = S + 1, slot 0 the initial state, and steps = S.
     The backward routes gradients by the very comparisons the forward made (T, cap0), never by
@@ -83,25 +84,25 @@ def _forward(
     R = r.reshape(NH, DH, 4 * DH)
     slots, steps = (S + 1, S) if keep_all else (2, 1)
     # Input part plus bias for every step at once; the loop adds h_{t-1} R in place.
-    G = torch.empty(NH, S, B, 4 * DH, **opts)
-    torch.add(wx.permute(3, 1, 0, 2, 4), b.transpose(0, 1)[:, None, None], out=G.view(NH, S, B, 4, DH))
-    H = torch.empty(NH, S + 1, B, DH, **opts)
-    CN = torch.empty(2, NH, slots, B, DH, **opts)
-    M = torch.empty(NH, slots, B, DH, **opts)
-    IF = torch.empty(2, NH, steps, B, DH, **opts)
-    ZO = torch.ones(2, NH, steps, B, DH, **opts)
-    O = torch.empty(NH, steps, B, DH, **opts)
-    T = torch.empty(NH, steps, B, DH, dtype=torch.bool, device=wx.device)
-    for x, s0 in ((H[:, 0], h0), (CN[0, :, 0], c0), (CN[1, :, 0], n0), (M[:, 0], m0)):
+    G = torch.empty(S, NH, B, 4 * DH, **opts)
+    torch.add(wx.permute(1, 3, 0, 2, 4), b.transpose(0, 1)[:, None], out=G.view(S, NH, B, 4, DH))
+    H = torch.empty(S + 1, NH, B, DH, **opts)
+    CN = torch.empty(slots, 2, NH, B, DH, **opts)
+    M = torch.empty(slots, NH, B, DH, **opts)
+    IF = torch.empty(steps, 2, NH, B, DH, **opts)
+    ZO = torch.ones(steps, 2, NH, B, DH, **opts)
+    O = torch.empty(steps, NH, B, DH, **opts)
+    T = torch.empty(steps, NH, B, DH, dtype=torch.bool, device=wx.device)
+    for x, s0 in ((H[0], h0), (CN[0, 0], c0), (CN[0, 1], n0), (M[0], m0)):
         x.copy_(_to_heads(s0, NH, DH))
     # n_{t-1} == 0 can only hold at t = 0: afterwards n_t >= min(1, n_{t-1}) > 0, because one of
     # i', f' is exactly 1. So the first-step rule is a mask computed once.
-    first = CN[1, :, 0] == 0
+    first = CN[0, 1] == 0
     cap0 = first  # replaced at t = 0
     # Per-step views, taken once (indexing in the loop costs as much as a small kernel).
-    G_t, G4_t = G.unbind(1), G.view(NH, S, B, 4, DH).unbind(1)  # (NH, B, 4 DH), (NH, B, 4, DH)
-    H_t, M_t, O_t, T_t = (x.unbind(1) for x in (H, M, O, T))  # (NH, B, DH)
-    CN_t, IF_t, ZO_t = (x.unbind(2) for x in (CN, IF, ZO))  # (2, NH, B, DH)
+    G_t, G4_t = G.unbind(0), G.view(S, NH, B, 4, DH).unbind(0)  # (NH, B, 4 DH), (NH, B, 4, DH)
+    H_t, M_t, O_t, T_t = (x.unbind(0) for x in (H, M, O, T))  # (NH, B, DH)
+    CN_t, IF_t, ZO_t = (x.unbind(0) for x in (CN, IF, ZO))  # (2, NH, B, DH)
     a = torch.empty(NH, B, DH, **opts)  # log f + m_{t-1}
     for t in range(S):
         p, q = (t, t + 1) if keep_all else (t % 2, (t + 1) % 2)
@@ -137,9 +138,9 @@ def _forward(
 def _outputs(buf: dict[str, torch.Tensor], last: int) -> tuple[torch.Tensor, ...]:
     """h (B, S, NH * DH) and the final h, c, n, m (B, NH * DH) from the forward's buffers."""
     H, CN, M = buf["H"], buf["CN"], buf["M"]
-    NH, S1, B, DH = H.shape
-    out = H[:, 1:].permute(2, 1, 0, 3).reshape(B, S1 - 1, NH * DH)
-    return out, *(_from_heads(x) for x in (H[:, -1], CN[0, :, last], CN[1, :, last], M[:, last]))
+    S1, NH, B, DH = H.shape
+    out = H[1:].permute(2, 0, 1, 3).reshape(B, S1 - 1, NH * DH)
+    return out, *(_from_heads(x) for x in (H[-1], CN[last, 0], CN[last, 1], M[last]))
 
 
 class _SLSTMFunction(torch.autograd.Function):
@@ -163,45 +164,45 @@ class _SLSTMFunction(torch.autograd.Function):
         r, *saved = ctx.saved_tensors
         buf = dict(zip(ctx.keys, saved, strict=True))
         G, H, CN, IF, ZO, O = (buf[k] for k in ("G", "H", "CN", "IF", "ZO", "O"))
-        NH, S, B, _ = G.shape
+        S, NH, B, _ = G.shape
         DH = H.shape[-1]
         R_t = r.reshape(NH, DH, 4 * DH).transpose(1, 2).contiguous()  # (NH, 4 DH, DH)
 
-        # Coefficients of the adjoint recurrence for all steps at once, each (NH, S, B, DH) or
-        # stacked (2, NH, S, B, DH), from the gates and states the forward stored.
-        i_gate, f_gate, z, o = IF[0], IF[1], ZO[0], O
-        h_t, inv_n = H[:, 1:], CN[1, :, 1:].reciprocal()
+        # Coefficients of the adjoint recurrence for all steps at once, each (S, NH, B, DH) or
+        # stacked (S, 2, NH, B, DH), from the gates and states the forward stored.
+        i_gate, f_gate, z, o = IF[:, 0], IF[:, 1], ZO[:, 0], O
+        h_t, inv_n = H[1:], CN[1:, 1].reciprocal()
         coef_cn = torch.empty_like(IF)  # dh_t -> (dc~, dn~)
-        torch.mul(o, inv_n, out=coef_cn[0])
-        torch.mul(h_t, inv_n, out=coef_cn[1]).neg_()
+        torch.mul(o, inv_n, out=coef_cn[:, 0])
+        torch.mul(h_t, inv_n, out=coef_cn[:, 1]).neg_()
         coef_o = h_t * (1 - o)  # dh_t -> dõ
         coef_z = torch.mul(z, z).neg_().add_(1).mul_(i_gate)  # dc~ -> dz̃: i' (1 - z²)
         # (P, Q) = coef_pq_c dc~ + coef_pq_n dn~, P and Q the gradients of the exponents of i' and f'
         coef_pq_c, coef_pq_n = torch.empty_like(IF), torch.empty_like(IF)
-        torch.mul(z, i_gate, out=coef_pq_c[0])
-        torch.mul(CN[0, :, :-1], f_gate, out=coef_pq_c[1])
-        coef_pq_n[0].copy_(i_gate)
-        torch.mul(CN[1, :, :-1], f_gate, out=coef_pq_n[1])
+        torch.mul(z, i_gate, out=coef_pq_c[:, 0])
+        torch.mul(CN[:-1, 0], f_gate, out=coef_pq_c[:, 1])
+        coef_pq_n[:, 0].copy_(i_gate)
+        torch.mul(CN[:-1, 1], f_gate, out=coef_pq_n[:, 1])
         # A capped f' passes no gradient to its exponent. The cap binds only where n0 == 0, so the
         # n-part of Q is zero there already; the c-part is not when a state has c0 != 0 with n0 == 0.
-        coef_pq_c[1, :, 0].masked_fill_(buf["cap0"], 0.0)
-        gf = G.view(NH, S, B, 4, DH)[:, :, :, 1]
+        coef_pq_c[0, 1].masked_fill_(buf["cap0"], 0.0)
+        gf = G.view(S, NH, B, 4, DH)[:, :, :, 1]
         coef_f = torch.sigmoid(gf.neg()) if ctx.forget_gate == "sigmoid" else None  # d log f / d f̃
         del h_t, inv_n
 
-        dH = d_out.reshape(B, S, NH, DH).permute(2, 1, 0, 3)  # (NH, S, B, DH)
+        dH = d_out.reshape(B, S, NH, DH).permute(1, 2, 0, 3)  # (S, NH, B, DH)
         # The carried gradients, updated in place (fresh copies: the upstream ones are not ours).
         dh = _to_heads(d_hS, NH, DH).clone(memory_format=torch.contiguous_format)
         dcn = torch.stack((_to_heads(d_cS, NH, DH), _to_heads(d_nS, NH, DH)))  # (2, NH, B, DH)
         dm = _to_heads(d_mS, NH, DH).clone(memory_format=torch.contiguous_format)
         pq, tmp = torch.empty_like(dcn), torch.empty_like(dm)
-        dpre = torch.empty_like(G)  # (NH, S, B, 4 DH): gradient of the pre-activations
-        dpre_t = dpre.unbind(1)
-        d_i, d_f, d_z, d_o = (x.unbind(1) for x in dpre.view(NH, S, B, 4, DH).unbind(3))
-        per_step = [x.unbind(1) for x in (dH, coef_o, coef_z, buf["T"])]  # (NH, B, DH)
+        dpre = torch.empty_like(G)  # (S, NH, B, 4 DH): gradient of the pre-activations
+        dpre_t = dpre.unbind(0)
+        d_i, d_f, d_z, d_o = (x.unbind(0) for x in dpre.view(S, NH, B, 4, DH).unbind(3))
+        per_step = [x.unbind(0) for x in (dH, coef_o, coef_z, buf["T"])]  # (NH, B, DH)
         # (2, NH, B, DH); f' as (1, NH, B, DH) to scale both dc and dn
-        per_step += [x.unbind(2) for x in (coef_cn, coef_pq_c, coef_pq_n, f_gate.unsqueeze(0))]
-        per_step.append(coef_f.unbind(1) if coef_f is not None else [None] * S)
+        per_step += [x.unbind(0) for x in (coef_cn, coef_pq_c, coef_pq_n, f_gate.unsqueeze(1))]
+        per_step.append(coef_f.unbind(0) if coef_f is not None else [None] * S)
         for t in range(S - 1, -1, -1):
             dH_, c_o, c_z, take, c_cn, c_pqc, c_pqn, f_, c_f = (x[t] for x in per_step)
             gh = dh.add_(dH_)
@@ -219,15 +220,15 @@ class _SLSTMFunction(torch.autograd.Function):
             dcn.mul_(f_)
             torch.bmm(dpre_t[t], R_t, out=dh)
 
-        d_wx = dpre.view(NH, S, B, 4, DH).permute(2, 1, 3, 0, 4)  # (B, S, 4, NH, DH)
-        dpre_rows = dpre.view(NH, S * B, 4 * DH)
+        d_wx = dpre.view(S, NH, B, 4, DH).permute(2, 0, 3, 1, 4)  # (B, S, 4, NH, DH)
         d_r = d_b = None
         if ctx.needs_input_grad[1]:
             # sum_t h_{t-1}ᵀ dpre_t per head, as one matmul over the rows (t, b)
-            h_prev = H[:, :S].reshape(NH, S * B, DH)
+            h_prev = H[:S].permute(1, 0, 2, 3).reshape(NH, S * B, DH)
+            dpre_rows = dpre.permute(1, 0, 2, 3).reshape(NH, S * B, 4 * DH)
             d_r = torch.bmm(h_prev.transpose(1, 2), dpre_rows).view(NH, DH, 4, DH)
         if ctx.needs_input_grad[2]:
-            d_b = dpre_rows.sum(1).view(NH, 4, DH).transpose(0, 1)
+            d_b = dpre.sum(0).sum(1).view(NH, 4, DH).transpose(0, 1)  # two contiguous reductions
         d_h0, d_c0, d_n0, d_m0 = (_from_heads(x) for x in (dh, dcn[0], dcn[1], dm))
         return d_wx, d_r, d_b, d_h0, d_c0, d_n0, d_m0, None
 
