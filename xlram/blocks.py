@@ -314,7 +314,30 @@ class MLSTMBlock(nn.Module):
         return x + self.layer.step_(self.norm(x), state)
 
 
-class SLSTMBlock(nn.Module):
+class _LayerThenFFN(nn.Module):
+    """The residual pattern of the sLSTM and large blocks: ``x + layer(norm(x))`` then
+    ``x + ffn(ffn_norm(x))``. Subclasses build ``norm``, ``layer``, ``ffn_norm`` and ``ffn``."""
+
+    def init_state(self, batch_size: int, device=None, dtype=None):
+        return self.layer.init_state(batch_size, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, state=None):
+        y, state = self.layer(self.norm(x), state)
+        x = x + y
+        return x + self.ffn(self.ffn_norm(x)), state
+
+    def step(self, x: torch.Tensor, state=None):
+        y, state = self.layer.step(self.norm(x), state)
+        x = x + y
+        return x + self.ffn(self.ffn_norm(x)), state
+
+    def step_(self, x: torch.Tensor, state) -> torch.Tensor:
+        """:meth:`step` with the state updated in place (inference; see ``XLSTMStack.step``)."""
+        x = x + self.layer.step_(self.norm(x), state)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class SLSTMBlock(_LayerThenFFN):
     """``x + SLSTMLayer(LayerNorm(x))`` then ``x + GatedFFN(LayerNorm(x))``.
     State: the layer's :class:`~xlram.layers.SLSTMLayerState` (the FFN is stateless)."""
 
@@ -351,26 +374,9 @@ class SLSTMBlock(nn.Module):
         for m in (self.norm, self.layer, self.ffn_norm, self.ffn):
             m.reset_parameters()
 
-    def init_state(self, batch_size: int, device=None, dtype=None):
-        return self.layer.init_state(batch_size, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor, state=None):
-        y, state = self.layer(self.norm(x), state)
-        x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
-
-    def step(self, x: torch.Tensor, state=None):
-        y, state = self.layer.step(self.norm(x), state)
-        x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
-
-    def step_(self, x: torch.Tensor, state) -> torch.Tensor:
-        """:meth:`step` with the state updated in place (inference; see ``XLSTMStack.step``)."""
-        x = x + self.layer.step_(self.norm(x), state)
-        return x + self.ffn(self.ffn_norm(x))
 
 
-class LargeBlock(nn.Module):
+class LargeBlock(_LayerThenFFN):
     """xLSTM 7B block: ``x + MLSTMLargeLayer(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``.
     State: the cell's :class:`~xlram.ops.mlstm.MLSTMState`."""
 
@@ -414,23 +420,6 @@ class LargeBlock(nn.Module):
             m.reset_parameters()
         self._init_ffn_down()
 
-    def init_state(self, batch_size: int, device=None, dtype=None):
-        return self.layer.init_state(batch_size, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor, state=None):
-        y, state = self.layer(self.norm(x), state)
-        x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
-
-    def step(self, x: torch.Tensor, state=None):
-        y, state = self.layer.step(self.norm(x), state)
-        x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
-
-    def step_(self, x: torch.Tensor, state) -> torch.Tensor:
-        """:meth:`step` with the state updated in place (inference; see ``XLSTMStack.step``)."""
-        x = x + self.layer.step_(self.norm(x), state)
-        return x + self.ffn(self.ffn_norm(x))
 
 
 _BLOCKS = {"mlstm": MLSTMBlock, "slstm": SLSTMBlock, "large": LargeBlock}
