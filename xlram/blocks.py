@@ -375,7 +375,6 @@ class SLSTMBlock(_LayerThenFFN):
             m.reset_parameters()
 
 
-
 class LargeBlock(_LayerThenFFN):
     """xLSTM 7B block: ``x + MLSTMLargeLayer(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``.
     State: the cell's :class:`~xlram.ops.mlstm.MLSTMState`."""
@@ -419,7 +418,6 @@ class LargeBlock(_LayerThenFFN):
         for m in (self.norm, self.layer, self.ffn_norm, self.ffn):
             m.reset_parameters()
         self._init_ffn_down()
-
 
 
 _BLOCKS = {"mlstm": MLSTMBlock, "slstm": SLSTMBlock, "large": LargeBlock}
