@@ -249,7 +249,7 @@ def run(args) -> list[dict]:
     quick = bool(getattr(args, "quick", False))
     load0 = load_average()
     limits = machine_limits(quick)
-    repeats = 5 if quick else 9
+    repeats = 9 if quick else 15
     rows = _mlstm_rows([1024, 4096] if quick else [256, 1024, 4096, 16384], repeats, limits["gflops_cpu"])
     rows += _step_rows([1, 16], repeats, limits["copy_gbs_cpu"])
     rows += _slstm_rows([(4, 256)] if quick else [(4, 256), (1, 1024), (8, 1024)], repeats)
