@@ -10,7 +10,8 @@ Rows (one per op, pass, shape and implementation; ``value`` = median CPU millise
   (1.0 = at the FLOP bound, 0.5 = within 2x);
 - ``mlstm_step``: one recurrent step, B=1 and 16: xlram's in-place ``mlstm_step_`` against
   ``mlstm-kernels`` ``native`` step; ``of_bound`` against reading and writing the state once at the
-  machine's copy bandwidth;
+  machine's copy bandwidth for arrays larger than the caches (a state that stays in the L2/L3 cache
+  between steps, 4 MiB at B=16, can beat that bound: ``of_bound`` > 1);
 - ``slstm`` forward+backward, D=256, 4 heads: xlram's recurrent form (hand-derived backward through
   time) against the official ``xlstm-2.0.6`` vanilla cell (autograd through its Python loop).
 

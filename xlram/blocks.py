@@ -522,6 +522,9 @@ class XLSTMStack(nn.Module):
         if state is None or state is not self._last_state:
             state = self._own_state(states, x)
             self._last_state = state
+        batch = _leaves(state[0])[0].shape[0]
+        if batch != x.shape[0]:  # in-place updates would broadcast one batch into the other silently
+            raise ValueError(f"XLSTMStack.step: state is for batch size {batch}, x has {x.shape[0]} rows")
         if self._compiled_step is None:
             return self._step_(x, state), state
         return self._run_compiled(x, state), state

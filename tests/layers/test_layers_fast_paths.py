@@ -203,3 +203,11 @@ def test_stack_inference_forward_in_segments(monkeypatch):
         y, s = stack(x)
     assert (y - y_ref).abs().max() <= 1e-10
     assert _max_diff(_leaves(s), _leaves(s_ref)) <= 1e-10
+
+
+def test_stack_inplace_step_rejects_a_state_of_another_batch():
+    stack = _stack()
+    with torch.no_grad():
+        state = stack.init_state(3)
+        with pytest.raises(ValueError, match="batch size 3, x has 2 rows"):
+            stack.step(torch.randn(2, 32, dtype=f64), state)
