@@ -10,4 +10,7 @@ SUITES: dict[str, str] = {
     "step": "benchmarks.step",
     "train": "benchmarks.train",
     "ops_cuda": "benchmarks.ops_cuda",
+    "formal": "benchmarks.formal",
+    "mqar": "benchmarks.mqar",
+    "lm": "benchmarks.lm",
 }

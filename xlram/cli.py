@@ -19,6 +19,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, finishes in minutes")
     p.add_argument("--out", default="results", help="directory for SUITE.json (default: results)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="number of seeds for the training suites (default: the suite's own, 3 in full mode)")
     p.set_defaults(func=_run_bench)
 
 
