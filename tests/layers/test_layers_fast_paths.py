@@ -211,3 +211,18 @@ def test_stack_inplace_step_rejects_a_state_of_another_batch():
         state = stack.init_state(3)
         with pytest.raises(ValueError, match="batch size 3, x has 2 rows"):
             stack.step(torch.randn(2, 32, dtype=f64), state)
+
+
+@pytest.mark.slow  # ~40-120 s of compiling on 2 cores
+def test_compiled_stack_trains_like_eager():
+    """torch.compile around a stack with an sLSTM block (whose loop over time is opaque to the
+    compiler) and a chunkwise mLSTM: the same outputs and gradients as eager."""
+    stack = _stack().float().train()
+    x = torch.randn(2, 150, 32)  # > 128 steps: the chunkwise form with a tail
+    y_ref, _ = stack(x)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), list(stack.parameters()))
+    compiled = torch.compile(stack, dynamic=False)
+    y, _ = compiled(x)
+    g = torch.autograd.grad(y.square().sum(), list(stack.parameters()))
+    assert (y - y_ref).abs().max() <= 1e-5
+    assert _max_diff(g, g_ref) <= 1e-4 * max(t.abs().max().item() for t in g_ref)

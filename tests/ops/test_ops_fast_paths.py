@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from xlram.ops.mlstm import MLSTMState, mlstm, mlstm_reference, mlstm_step
+from xlram.ops.mlstm import MLSTMState, fused_cpu, mlstm, mlstm_reference, mlstm_step
 from xlram.ops.mlstm.chunkwise_fn import ChunkwiseFunction
 from xlram.ops.mlstm.dispatch import choose_chunk
-from xlram.ops.mlstm.recurrent import _OPAQUE_BYTES, mlstm_step_
+from xlram.ops.mlstm.recurrent import _OPAQUE_BYTES, _torch_memory_update_, mlstm_step_
 
 F64 = torch.float64
 
@@ -106,6 +106,43 @@ def test_inplace_step_equals_functional_step(B):
     for a, b in zip(s_in, s_fun, strict=True):
         assert _rel(a, b) <= 1e-13
     assert [t.data_ptr() for t in s_in] == ptrs  # updated where it lies
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_numba_memory_update_equals_torch_kernels(dtype):
+    """The one-pass numba update (the default CPU inference path) against the three torch kernels."""
+    assert fused_cpu.available(), "numba is a dependency: the fast path must be the one under test"
+    g = torch.Generator().manual_seed(3)
+    B, H, dk, dv = 3, 2, 16, 24
+    C = torch.randn(B, H, dk, dv, generator=g, dtype=dtype)
+    n = torch.randn(B, H, dk, generator=g, dtype=dtype)
+    fg = torch.rand(B, H, generator=g, dtype=dtype)
+    kig, qs = (torch.randn(B, H, dk, generator=g, dtype=dtype) for _ in range(2))
+    v = torch.randn(B, H, 2 * dv, generator=g, dtype=dtype)[..., ::2]  # a strided view, as layers pass
+    C_t, n_t = C.clone(), n.clone()
+    ptr = C.data_ptr()
+    num, qn = fused_cpu.memory_update_(C, n, fg, kig, v, qs)
+    num_t, qn_t = _torch_memory_update_(C_t, n_t, fg, kig, v, qs)
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    for a, b in ((C, C_t), (n, n_t), (num, num_t), (qn, qn_t)):
+        assert _rel(a, b) <= tol
+    assert C.data_ptr() == ptr
+
+
+def test_inplace_step_without_numba_is_the_same(monkeypatch):
+    x, state = _inputs(2, 2, 3, 8, 8, gates=6.0)
+    s_fast = MLSTMState(*(t.clone() for t in state))
+    s_plain = MLSTMState(*(t.clone() for t in state))
+    with torch.no_grad():
+        for t in range(3):
+            a = [u[:, :, t] for u in x]
+            h_fast = mlstm_step_(*a, s_fast)
+            monkeypatch.setenv("XLRAM_NUMBA", "0")
+            assert not fused_cpu.applies(s_plain.C)
+            h_plain = mlstm_step_(*a, s_plain)
+            monkeypatch.delenv("XLRAM_NUMBA")
+            assert _rel(h_fast, h_plain) <= 1e-13
+    assert all(_rel(a, b) <= 1e-13 for a, b in zip(s_fast, s_plain, strict=True))
 
 
 def test_inplace_step_bf16_inputs_fp32_state():

@@ -7,16 +7,35 @@ Two corpora ship with every CPython installation:
 - ``"code"``: the Python source of the standard library (about 10 MB), one document per file; tests,
   ``site-packages`` and bundled third-party trees are left out.
 
+and one is installed from a Debian package (``make install`` does it when run as root):
+
+- ``"english"``: the English documentation of the Linux kernel, the reStructuredText and plain-text
+  files under ``/usr/share/doc/linux-doc-6.1/Documentation`` of Debian 12's ``linux-doc-6.1`` package
+  (GPL-2.0; about 21 MB in 2,900 documents: guides, process and API documents in running English
+  prose with some code blocks and tables). Translations (``translations/``) and the device-tree
+  bindings (``devicetree/``, mostly YAML schemas) are left out. ``XLRAM_ENGLISH_ROOT`` points the
+  loader at another copy of that ``Documentation`` folder.
+
 Text is UTF-8 encoded into bytes, so the vocabulary has 256 symbols and bits per byte (bpb) compare
-across tokenizers. The train/val split is fixed: the corpus is cut into blocks and every tenth block is
-validation, so both splits cover the whole corpus instead of the val split being its alphabetical tail.
-The exact bytes depend on the Python version, which :attr:`ByteCorpus.source` records.
+across tokenizers. The train/val splits are fixed:
+
+- ``docs`` and ``code``: the corpus is cut into blocks and every tenth block is validation, so both
+  splits cover the whole corpus instead of the val split being its alphabetical tail;
+- ``english``: whole documents, a document being validation when a hash of its path (SHA-256 of the
+  relative path, modulo ``val_every``) is 0. No document straddles the split, and a document keeps
+  its side when a newer package adds, removes or edits other documents.
+
+The exact bytes depend on the Python version or the package version, which :attr:`ByteCorpus.source`
+records (with a digest of the bytes for ``english``).
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
+import hashlib
 import importlib
+import os
 import platform
 import sysconfig
 from dataclasses import dataclass
@@ -25,7 +44,17 @@ from pathlib import Path
 import torch
 
 VOCAB_SIZE = 256
-CORPORA = ("docs", "code")
+CORPORA = ("docs", "code", "english")
+
+# The "english" corpus: a Debian package, where it installs its files, and how to install it.
+ENGLISH_PACKAGE = "linux-doc-6.1"
+ENGLISH_ROOT = Path("/usr/share/doc/linux-doc-6.1/Documentation")
+ENGLISH_ROOT_ENV = "XLRAM_ENGLISH_ROOT"
+ENGLISH_INSTALL = f"apt-get install -y --no-install-recommends {ENGLISH_PACKAGE}"
+# Folders of the kernel documentation that are not English prose: translations, device-tree schemas,
+# and the Sphinx machinery.
+_ENGLISH_SKIP_DIRS = frozenset({"translations", "devicetree", "sphinx", "sphinx-static", "images"})
+_ENGLISH_SUFFIXES = (".rst", ".txt")
 
 # Directories of the stdlib that are tests, vendored packages or GUI demos rather than library code.
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3",
@@ -69,6 +98,67 @@ def code_documents() -> tuple[tuple[str, str], ...]:
     return tuple(docs)
 
 
+def english_root() -> Path:
+    """The ``Documentation`` folder the ``"english"`` corpus reads: ``$XLRAM_ENGLISH_ROOT`` if set, else
+    where Debian's ``linux-doc-6.1`` package installs it."""
+    env = os.environ.get(ENGLISH_ROOT_ENV)
+    return Path(env) if env else ENGLISH_ROOT
+
+
+def english_documents(root: str | Path | None = None) -> tuple[tuple[str, str], ...]:
+    """``(relative path, text)`` pairs of the kernel documentation under ``root`` (default:
+    :func:`english_root`), sorted by path; ``.gz`` files are decompressed and the suffix dropped.
+
+    Raises ``ValueError`` naming the package and its install command when the folder is missing or
+    holds no document.
+    """
+    root = Path(root) if root is not None else english_root()
+    return _english_documents(str(root.resolve()) if root.exists() else str(root))
+
+
+@functools.lru_cache(maxsize=2)
+def _english_documents(root_str: str) -> tuple[tuple[str, str], ...]:
+    root = Path(root_str)
+    hint = (f"the 'english' corpus is the Linux kernel documentation of the Debian package "
+            f"{ENGLISH_PACKAGE}: install it with `{ENGLISH_INSTALL}` (as root; `make install` does it), "
+            f"or set {ENGLISH_ROOT_ENV} to a copy of its Documentation folder")
+    if not root.is_dir():
+        raise ValueError(f"{hint}; {root} is not a folder")
+    docs = []
+    for path in root.rglob("*"):
+        name = path.name[:-3] if path.name.endswith(".gz") else path.name
+        if not name.endswith(_ENGLISH_SUFFIXES) or not path.is_file():
+            continue
+        rel = path.relative_to(root)
+        if rel.parts[0] in _ENGLISH_SKIP_DIRS:
+            continue
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile):
+            continue  # a damaged or non-UTF-8 file is left out rather than garbled
+        docs.append((rel.with_name(name).as_posix(), text))
+    if not docs:
+        raise ValueError(f"{hint}; {root} holds no .rst or .txt document")
+    return tuple(sorted(docs))
+
+
+def is_val_document(path: str, val_every: int = 10) -> bool:
+    """Whether the document at ``path`` (relative, ``/``-separated) is in the validation split of a
+    document-level split: about ``1 / val_every`` of the documents, by a hash of the path only."""
+    digest = hashlib.sha256(path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % val_every == 0
+
+
+def _package_version(root: Path) -> str:
+    """The Debian version of the package whose changelog sits beside ``root`` (``?`` when there is none)."""
+    try:
+        first = gzip.decompress((root.parent / "changelog.Debian.gz").read_bytes()).decode("utf-8")
+        return first.split("(", 1)[1].split(")", 1)[0]
+    except (OSError, EOFError, IndexError, UnicodeDecodeError, gzip.BadGzipFile):
+        return "?"
+
+
 @dataclass(frozen=True)
 class ByteCorpus:
     """A byte corpus with a fixed split. ``train`` and ``val`` are ``(N,)`` uint8 tensors."""
@@ -90,10 +180,12 @@ class ByteCorpus:
 
 
 def load_corpus(name: str = "docs", *, val_every: int = 10, block_bytes: int = 8192) -> ByteCorpus:
-    """Load a corpus by name (``"docs"`` or ``"code"``) and split it.
+    """Load a corpus by name (``"docs"``, ``"code"`` or ``"english"``) and split it.
 
-    Documents are joined with blank lines and cut into ``block_bytes`` blocks; block ``j`` goes to
-    validation when ``j % val_every == val_every // 2``, so about ``1/val_every`` of the bytes are val.
+    ``docs`` and ``code``: documents are joined with blank lines and cut into ``block_bytes`` blocks;
+    block ``j`` goes to validation when ``j % val_every == val_every // 2``. ``english``: whole
+    documents, by :func:`is_val_document` (``block_bytes`` does not apply). Either way about
+    ``1/val_every`` of the bytes are val.
     """
     if name not in CORPORA:
         raise ValueError(f"corpus name must be one of {CORPORA}, got {name!r}")
@@ -101,6 +193,8 @@ def load_corpus(name: str = "docs", *, val_every: int = 10, block_bytes: int = 8
         raise ValueError(f"val_every must be an int >= 2, got {val_every!r}")
     if not isinstance(block_bytes, int) or block_bytes < 1:
         raise ValueError(f"block_bytes must be a positive int, got {block_bytes!r}")
+    if name == "english":
+        return _load_english(val_every)
     documents = docs_documents() if name == "docs" else code_documents()
     data = encode("\n\n".join(text for _, text in documents))
     blocks = torch.split(data, block_bytes)
@@ -109,6 +203,20 @@ def load_corpus(name: str = "docs", *, val_every: int = 10, block_bytes: int = 8
     val = torch.cat([b for b, v in zip(blocks, is_val, strict=True) if v])
     source = f"CPython {platform.python_version()} stdlib ({name}, {len(documents)} documents)"
     return ByteCorpus(name=name, train=train, val=val, source=source)
+
+
+def _load_english(val_every: int) -> ByteCorpus:
+    root = english_root()
+    documents = english_documents(root)
+    sides = {True: [], False: []}
+    for path, text in documents:
+        sides[is_val_document(path, val_every)].append(text)
+    train, val = (encode("\n\n".join(sides[v])) for v in (False, True))
+    digest = hashlib.sha256(train.numpy().tobytes() + val.numpy().tobytes()).hexdigest()[:12]
+    source = (f"Linux kernel documentation, Debian {ENGLISH_PACKAGE} {_package_version(root)} "
+              f"({root}, {len(documents)} documents: {len(sides[False])} train, {len(sides[True])} val; "
+              f"sha256 {digest})")
+    return ByteCorpus(name="english", train=train, val=val, source=source)
 
 
 class WindowSampler:

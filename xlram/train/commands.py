@@ -31,7 +31,9 @@ def add_task_parsers(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--model", default="lm-xlstm[7:1]-demo",
                     help="registered model name (see xlram.models.registry.list_models; "
                          "default: lm-xlstm[7:1]-demo); built with vocab_size=256")
-    lm.add_argument("--corpus", default="docs", help="'docs', 'code' or the path of a UTF-8 text file")
+    lm.add_argument("--corpus", default="docs",
+                    help="'docs', 'code', 'english' (needs the Debian package linux-doc-6.1) "
+                         "or the path of a UTF-8 text file")
     lm.add_argument("--seq-len", type=int, default=256, help="bytes per training window (default: 256)")
     lm.add_argument("--eval-windows", type=int, default=64,
                     help="fixed validation windows per evaluation (0: none; default: 64)")

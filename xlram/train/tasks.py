@@ -93,7 +93,7 @@ class Task:
 
 
 def load_lm_corpus(corpus: str) -> ByteCorpus:
-    """``"docs"`` or ``"code"`` (``xlram.data.text``), or the path of a UTF-8 text file.
+    """``"docs"``, ``"code"`` or ``"english"`` (``xlram.data.text``), or the path of a UTF-8 text file.
 
     A file's last tenth is its validation split. Raises ``ValueError`` for an unknown name, a missing
     file or one that is not UTF-8 text.

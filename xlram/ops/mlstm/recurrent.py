@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from . import fused_cpu
 from .state import MLSTMState, cast_state, state_dtype
 
 # Autograd through the loop keeps a few (B, H, dk, dv) tensors per step. Past this many elements
@@ -56,8 +57,16 @@ _OPAQUE_BYTES = 1 << 20
 def _memory_update_(C, n, fg, kig, v, qs):
     """C <- fg C + kig vᵀ and n <- fg n + kig in place; returns the read-outs C_newᵀ q, n_new·q.
 
-    C (B, H, dk, dv), n (B, H, dk), fg (B, H), kig, qs (B, H, dk), v (B, H, dv).
+    C (B, H, dk, dv), n (B, H, dk), fg (B, H), kig, qs (B, H, dk), v (B, H, dv). One pass over C
+    with numba where it applies (``fused_cpu``), else torch kernels (``_torch_memory_update_``).
     """
+    if fused_cpu.applies(C):
+        return fused_cpu.memory_update_(C, n, fg, kig, v, qs)
+    return _torch_memory_update_(C, n, fg, kig, v, qs)
+
+
+def _torch_memory_update_(C, n, fg, kig, v, qs):
+    """``_memory_update_`` in torch kernels: C is swept three times (scale, rank-1 update, read-out)."""
     C.mul_(fg[..., None, None]).addcmul_(kig[..., :, None], v[..., None, :])
     n.mul_(fg[..., None]).add_(kig)
     q_row = qs[..., None, :]  # (B, H, 1, dk)
@@ -88,7 +97,8 @@ def mlstm_step_(q, k, v, i, f, state: MLSTMState, *, eps: float = 1e-6) -> torch
     tensors (C (B, H, dk, dv), n (B, H, dk), m (B, H), contiguous) are overwritten with the new
     state. Returns h (B, H, dv) in v's dtype. The same arithmetic as ``mlstm_step``, written as
     in-place kernels on preallocated memory: a decode loop allocates nothing of the state's size, and
-    C is touched by three kernels (scale, rank-1 update, the read-out matmul).
+    C is read and written once (numba, ``fused_cpu``) or swept by three torch kernels (scale, rank-1
+    update, the read-out matmul).
     Call it under ``torch.no_grad()``; use ``mlstm_step`` where gradients are needed.
     """
     C, n, m = state
@@ -101,8 +111,11 @@ def mlstm_step_(q, k, v, i, f, state: MLSTMState, *, eps: float = 1e-6) -> torch
     qs = q.to(dt) * dk**-0.5
     # Compiled, large memories go through the opaque op (no state-sized temporary); small ones stay
     # in the graph, where inductor fuses them (the op's Python dispatch costs ~0.1 ms a call).
-    big = C.numel() * C.element_size() >= _OPAQUE_BYTES
-    update = _memory_update_op if big and torch.compiler.is_compiling() else _memory_update_
+    if torch.compiler.is_compiling():
+        big = C.numel() * C.element_size() >= _OPAQUE_BYTES
+        update = _memory_update_op if big else _torch_memory_update_
+    else:
+        update = _memory_update_
     num, qn = update(C, n, fg, kig, v.to(dt), qs)
     den = torch.maximum(qn.abs(), torch.neg(m).exp_()).add_(eps)
     return num.div_(den[..., None]).to(v.dtype)

@@ -253,11 +253,18 @@ def slstm_recurrent(
     # Casts happen outside the Function, so autograd casts the gradients back. Strides of wx and
     # the state do not matter: the forward copies them into its own buffers first.
     inputs = (wx.to(dt), r.to(dt).contiguous(), b.to(dt).contiguous(), *state)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
-        out, *final = _SLSTMFunction.apply(*inputs, forget_gate)
-    else:
-        out, *final = _outputs(*_forward(*inputs, forget_gate, keep_all=False))
+    out, *final = _run_sequence(inputs, forget_gate)
     return out.to(wx.dtype), SLSTMState(*final)
+
+
+@torch.compiler.disable
+def _run_sequence(inputs: tuple, forget_gate: str):
+    """The loop over time, with its own backward when gradients are needed. Opaque to torch.compile:
+    a model compiled around it runs it as it is (tracing would unroll the S steps of in-place
+    kernels into one graph)."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        return _SLSTMFunction.apply(*inputs, forget_gate)
+    return _outputs(*_forward(*inputs, forget_gate, keep_all=False))
 
 
 def slstm_step_unchecked(
