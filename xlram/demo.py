@@ -1,19 +1,20 @@
 """`xlram demo`: train a small byte-level xLSTM[7:1] on CPython's documentation, then show what it learned.
 
-In order: evaluate validation bits per byte (bpb) of the untrained model; train with AdamW, a linear
-warm-up and a cosine decay over the time budget, and gradient clipping; evaluate again; print text the
-model generates from a few prompts (one batch of prompts of different lengths); measure training
-tokens/s, prefill tokens/s and generation ms/token at batch 1; save the model with ``save_pretrained``;
-plot the loss curve. Outputs in ``--out``: ``model/`` (config.json, model.safetensors),
-``loss_curve.png`` and ``metrics.json``.
-
-The loop is deliberately plain; the full training engine comes later, in ``xlram.train``.
+In order: evaluate validation bits per byte (bpb) of the untrained model; time a training step and
+turn the time budget into a number of steps; train with the project's engine (``xlram.train``: AdamW, a
+linear warm-up and a cosine decay over those steps, gradient clipping, a checkpoint at the end);
+evaluate again; print text the model generates from a few prompts (one batch of prompts of different
+lengths); measure training tokens/s, prefill tokens/s and generation ms/token at batch 1; save the model
+with ``save_pretrained``; plot the loss curve. Outputs in ``--out``: ``model/`` (config.json,
+model.safetensors), ``train/`` (the engine's checkpoint and metrics.csv), ``loss_curve.png`` and
+``metrics.json``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -22,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from xlram.checkpoint import atomic_write_bytes, atomic_write_json
-from xlram.data.text import WindowSampler, decode, encode, eval_windows, load_corpus
+from xlram.data.text import decode, encode, load_corpus
 from xlram.models.registry import create_model
+from xlram.train import BatchIndex, LMTask, TrainConfig, Trainer
 
 MODEL = "lm-xlstm[7:1]-demo"
 SEQ_LEN = 256
@@ -39,36 +41,6 @@ PROMPTS = ("The return value", "A class definition", "If the")
 SAMPLE_TOKENS = 160
 SPEED_PREFILL_LEN = 512  # bytes in the prompt whose prefill is timed
 SPEED_GEN_TOKENS = 64  # tokens generated when timing generation
-
-
-def lr_at(step: int, progress: float) -> float:
-    """Linear warm-up over the first steps, then cosine decay to 10% with the fraction of time used."""
-    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return PEAK_LR * warmup * (MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * cosine)
-
-
-def param_groups(model: torch.nn.Module) -> list[dict]:
-    """Weight decay on matrices only: biases, norm scales and gate vectors are not shrunk towards zero."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@torch.no_grad()
-def val_bpb(model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = BATCH_SIZE) -> float:
-    """Mean bits per byte over fixed windows ``inputs``/``targets`` (N, S)."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for i in range(0, inputs.shape[0], batch_size):
-        logits, _ = model(inputs[i:i + batch_size])
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets[i:i + batch_size].flatten(),
-                                 reduction="sum").item()
-    model.train(was_training)
-    return total / targets.numel() / math.log(2)
 
 
 @torch.no_grad()
@@ -125,48 +97,37 @@ def plot_losses(steps: list[int], losses: list[float], evals: list[tuple[int, fl
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def train(model, corpus, budget_s: float, seed: int, val_x: torch.Tensor, val_y: torch.Tensor):
-    """Train for ``budget_s`` seconds of training time, evaluating at every ``1/EVAL_POINTS`` of it.
-
-    Returns ``(steps, losses, evals, train_seconds)``: the step index and loss of every batch, the
-    ``(steps done, val bpb)`` pairs (the last one after training), and the time spent in training
-    steps (evaluations are not counted against the budget, so evaluating more does not train less).
-    """
-    from tqdm import tqdm
-
-    sampler = WindowSampler(corpus.train, BATCH_SIZE, SEQ_LEN, seed=seed)
-    optimizer = torch.optim.AdamW(param_groups(model), lr=PEAK_LR, betas=(0.9, 0.95))
-    steps, losses, evals = [], [], []
-    next_eval = budget_s / EVAL_POINTS
-    bar = tqdm(total=round(budget_s), unit="s", desc="training", dynamic_ncols=True,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f}s {postfix}")
-    step, elapsed = 0, 0.0
-    model.train()
-    while elapsed < budget_s:
+def seconds_per_step(model, task: LMTask) -> float:
+    """Time of one training step (forward, backward) at the demo's batch: the median of three after one
+    warm-up. The optimizer's update is left out (a few ms for this model)."""
+    inputs, targets = task.batch(BatchIndex(seed=0, step=0, start=0, stop=BATCH_SIZE, size=BATCH_SIZE))
+    times = []
+    for _ in range(4):
         t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, elapsed / budget_s)
-        inputs, targets = sampler()
         logits, _ = model(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-        optimizer.step()
-        steps.append(step)
-        losses.append(loss.item())
-        step += 1
-        dt = time.perf_counter() - t0
-        bar.update(min(elapsed + dt, budget_s) - elapsed)
-        elapsed += dt
-        bar.set_postfix_str(f"step {step}, loss {losses[-1]:.3f} ({losses[-1] / math.log(2):.2f} bpb)"
-                            + (f", val {evals[-1][1]:.2f} bpb" if evals else ""))
-        if elapsed >= next_eval or elapsed >= budget_s:
-            evals.append((step, val_bpb(model, val_x, val_y)))
-            while next_eval <= elapsed:  # one evaluation per step at most, however long steps take
-                next_eval += budget_s / EVAL_POINTS
-    bar.close()
-    return steps, losses, evals, elapsed
+        F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+        times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return statistics.median(times[1:])
+
+
+def train(model, task: LMTask, steps: int, seed: int, out: Path) -> Trainer:
+    """Train for ``steps`` optimizer steps with the engine, evaluating at every ``1/EVAL_POINTS`` of them.
+
+    A previous demo's ``out/train`` is replaced: its checkpoint belongs to a run of another length.
+    """
+    run_dir = out / "train"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    config = TrainConfig(
+        max_steps=steps, batch_size=BATCH_SIZE, lr=PEAK_LR, min_lr_ratio=MIN_LR_FRACTION,
+        warmup_steps=min(WARMUP_STEPS, steps - 1), weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95),
+        clip_grad_norm=CLIP_NORM, seed=seed, strategy="single", device="cpu", out_dir=str(run_dir),
+        ckpt_every=0, keep_last=1, eval_every=max(1, steps // EVAL_POINTS), tensorboard=False)
+    trainer = Trainer(model, task, config)
+    trainer.fit()
+    trainer.close()
+    return trainer
 
 
 def pick_threads(model) -> str:
@@ -215,14 +176,19 @@ def run(args) -> int:
           f"(warm-up {WARMUP_STEPS} steps, cosine), clip {CLIP_NORM:g}")
     print(f"threads  {pick_threads(model)}")
 
-    val_x, val_y = eval_windows(corpus.val, SEQ_LEN, EVAL_WINDOWS)
-    bpb_before = val_bpb(model, val_x, val_y)
+    task = LMTask(corpus, seq_len=SEQ_LEN, eval_windows=EVAL_WINDOWS, eval_batch_size=BATCH_SIZE)
+    bpb_before = task.evaluate(model)["val_bpb"]
     print(f"val bpb before training: {bpb_before:.3f}")
+    step_s = seconds_per_step(model, task)
+    steps = max(2, round(minutes * 60.0 / step_s))
+    print(f"steps    {steps} ({step_s:.2f} s per step measured)")
 
-    steps, losses, evals, train_seconds = train(model, corpus, minutes * 60.0, seed, val_x, val_y)
-    evals.insert(0, (0, bpb_before))
+    trainer = train(model, task, steps, seed, out)
+    records = trainer.history
+    train_seconds = sum(r["seconds"] for r in records)
+    evals = [(0, bpb_before)] + [(e["step"], e["val_bpb"]) for e in trainer.eval_history]
     step, bpb_after = evals[-1]
-    train_tokens_per_s = step * BATCH_SIZE * SEQ_LEN / train_seconds
+    train_tokens_per_s = sum(r["tokens"] for r in records) / train_seconds
     print(f"val bpb after {step} steps ({step * BATCH_SIZE * SEQ_LEN / 1e6:.2f}M bytes): {bpb_after:.3f} "
           f"(before: {bpb_before:.3f})")
 
@@ -243,7 +209,8 @@ def run(args) -> int:
           f"generation {speed['generation_ms_per_token']:.2f} ms/token (batch 1)")
 
     model_dir = model.save_pretrained(out / "model")
-    curve = plot_losses(steps, losses, evals, out / "loss_curve.png")
+    losses = [r["loss"] for r in records]
+    curve = plot_losses([r["step"] for r in records], losses, evals, out / "loss_curve.png")
     metrics = {
         "model": MODEL, "params": model.num_params(), "seed": seed, "minutes": minutes, "steps": step,
         "train_bytes": step * BATCH_SIZE * SEQ_LEN, "val_bpb_before": bpb_before, "val_bpb_after": bpb_after,
@@ -252,5 +219,6 @@ def run(args) -> int:
         "torch_threads": torch.get_num_threads(),
     }
     metrics_path = atomic_write_json(out / "metrics.json", metrics)
-    print(f"saved    {model_dir} (load with XLSTMLM.from_pretrained), {curve}, {metrics_path}")
+    print(f"saved    {model_dir} (load with XLSTMLM.from_pretrained), {curve}, {metrics_path}, "
+          f"{trainer.last_checkpoint} (engine checkpoint)")
     return 0
