@@ -253,15 +253,20 @@ def slstm_recurrent(
     # Casts happen outside the Function, so autograd casts the gradients back. Strides of wx and
     # the state do not matter: the forward copies them into its own buffers first.
     inputs = (wx.to(dt), r.to(dt).contiguous(), b.to(dt).contiguous(), *state)
-    out, *final = _run_sequence(inputs, forget_gate)
+    if torch.compiler.is_compiling():
+        # Opaque to torch.compile: a model compiled around the loop runs it as it is (tracing would
+        # unroll S steps of in-place kernels into one graph). Imported here, not at the top:
+        # torch.compiler.disable imports torch._dynamo and with it triton, which CPU code never needs.
+        from .opaque import run_sequence_opaque
+
+        out, *final = run_sequence_opaque(inputs, forget_gate)
+    else:
+        out, *final = _run_sequence(inputs, forget_gate)
     return out.to(wx.dtype), SLSTMState(*final)
 
 
-@torch.compiler.disable
 def _run_sequence(inputs: tuple, forget_gate: str):
-    """The loop over time, with its own backward when gradients are needed. Opaque to torch.compile:
-    a model compiled around it runs it as it is (tracing would unroll the S steps of in-place
-    kernels into one graph)."""
+    """The loop over time, with its own backward when gradients are needed."""
     if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
         return _SLSTMFunction.apply(*inputs, forget_gate)
     return _outputs(*_forward(*inputs, forget_gate, keep_all=False))
