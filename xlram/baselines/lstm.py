@@ -99,7 +99,10 @@ class LSTMLM(GenerationMixin, PretrainedMixin, nn.Module):
         self.lm_head = nn.Linear(Hd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.embedding.weight
-        small_init_(self.embedding.weight, D)
+        # Unit-scale embeddings (nn.Embedding's own N(0, 1)), not the small init of the normed models: an
+        # LSTM has no norm on its input, so embeddings of std ~0.04 barely move its gates, and on bytes it
+        # sat at the unigram entropy (~4.9 bits) for its first hundred steps, where std 1 reached ~3.
+        nn.init.normal_(self.embedding.weight, 0.0, 1.0)
         if not config.tie_weights:
             small_init_(self.lm_head.weight, Hd)
         with torch.no_grad():

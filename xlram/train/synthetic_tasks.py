@@ -129,6 +129,11 @@ class FormalLanguageTask(Task):
     def chance(self) -> float:
         return self.task.chance_accuracy
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model must accept (the task's vocabulary)."""
+        return self.task.vocab_size
+
     def batch(self, index: BatchIndex) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.task.sample(index.size, *self.train_lengths, index.generator())
         return b.ids[index.rows], b.targets[index.rows]
@@ -226,6 +231,7 @@ class MQARTask(Task):
         _check_val(num_val, val_seed, test_seed)
         self.num_val, self.val_seed = num_val, val_seed
         self.test_set = mqar.fixed_split(self.setting, "test", num_test, seed=test_seed)
+        self.vocab_size = mqar.VOCAB_SIZE
         self.val_set = mqar.fixed_split(self.setting, "test", num_val, seed=val_seed) if num_val else None
 
     def batch(self, index: BatchIndex) -> tuple[torch.Tensor, torch.Tensor]:
