@@ -83,7 +83,19 @@ def _metrics(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor):
 # Formal languages
 
 
-class FormalLanguageTask(Task):
+class _AnswerTask(Task):
+    """What both tasks share: a batch is ``(ids, targets)`` with the loss and accuracy at the answers."""
+
+    def loss(self, model, batch):
+        ids, targets = batch
+        m = _metrics(model, ids, targets)
+        return m.loss, {"accuracy": m.accuracy}
+
+    def num_tokens(self, batch) -> int:
+        return batch[0].numel()
+
+
+class FormalLanguageTask(_AnswerTask):
     """A formal-language task of :mod:`xlram.data.formal`: train on lengths 3-40, test on 40-256.
 
     Args:
@@ -137,14 +149,6 @@ class FormalLanguageTask(Task):
     def batch(self, index: BatchIndex) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.task.sample(index.size, *self.train_lengths, index.generator())
         return b.ids[index.rows], b.targets[index.rows]
-
-    def loss(self, model, batch):
-        ids, targets = batch
-        m = _metrics(model, ids, targets)
-        return m.loss, {"accuracy": m.accuracy}
-
-    def num_tokens(self, batch) -> int:
-        return batch[0].numel()
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
@@ -202,7 +206,7 @@ class FormalLanguageTask(Task):
 # MQAR
 
 
-class MQARTask(Task):
+class MQARTask(_AnswerTask):
     """Multi-Query Associative Recall (:mod:`xlram.data.mqar`): loss and accuracy at the query positions.
 
     Args:
@@ -238,14 +242,6 @@ class MQARTask(Task):
         s = self.setting
         b = mqar.sample(index.size, s.context_len, s.num_kv_pairs, index.generator())
         return b.ids[index.rows], b.targets[index.rows]
-
-    def loss(self, model, batch):
-        ids, targets = batch
-        m = _metrics(model, ids, targets)
-        return m.loss, {"accuracy": m.accuracy}
-
-    def num_tokens(self, batch) -> int:
-        return batch[0].numel()
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
