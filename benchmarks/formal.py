@@ -38,7 +38,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.common import atomic_write_text
-from benchmarks.limits import load_average, pyplot, save_plot, setup_threads
+from benchmarks.limits import pyplot, save_plot, setup_threads, stamp
 from benchmarks.synthetic import MODELS, ModelSpec, RunSpec, seeds_from, sweep_then_seeds
 
 SUITE = "formal"
@@ -202,9 +202,7 @@ def run(args) -> list[dict]:
           f"lrs {list(p['lrs'])}, {p['steps']} steps at batch {p['batch']}", flush=True)
     results, sweep = run_plan(p, out_dir, device=getattr(args, "device", "cpu"))
     rows = _rows(results, sweep, {t: get_task(t).chance_accuracy for t in p["tasks"]})
-    load = load_average()
-    for r in rows:
-        r["load"] = load
+    stamp(rows, 0.0)
     title = (f"formal languages: train 3-40, test 40-256; {p['steps']} steps x batch {p['batch']}, "
              f"up to {len(p['seeds'])} seed(s)")
     table = heatmap_table(rows)

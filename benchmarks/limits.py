@@ -159,3 +159,14 @@ def pyplot():
     except ImportError:
         return None
     return plt
+
+
+def stamp(rows: list[dict], load0: float, threads: int | None = None) -> list[dict]:
+    """Give every row the run's load (the larger of ``load0``, read at its start, and the load now)
+    and, when given, the torch thread count; returns ``rows``."""
+    load = max(load0, load_average())
+    for r in rows:
+        if threads is not None:
+            r["threads"] = threads
+        r["load"] = load
+    return rows

@@ -33,7 +33,7 @@ import os
 import statistics
 from pathlib import Path
 
-from benchmarks.limits import load_average, pyplot, save_plot, setup_threads
+from benchmarks.limits import pyplot, save_plot, setup_threads, stamp
 from benchmarks.synthetic import NO_CONV, ModelSpec, RunSpec, seeds_from, sweep_then_seeds
 
 SUITE = "mqar"
@@ -150,8 +150,6 @@ def run(args) -> list[dict]:
     results, sweep = sweep_then_seeds(p, lambda t, m, s, lr: _spec(p, t, m, s, lr), _make_task, out_dir,
                                       device=getattr(args, "device", "cpu"))
     rows = _rows(results, sweep)
-    load = load_average()
-    for r in rows:
-        r["load"] = load
+    stamp(rows, 0.0)
     _plot(results, out_dir, f"MQAR, width {DIM}, 2 blocks; {p['steps']} steps x batch {p['batch']}")
     return rows

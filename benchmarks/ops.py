@@ -34,6 +34,7 @@ from benchmarks.limits import (
     save_plot,
     setup_threads,
     spread,
+    stamp,
 )
 from xlram.ops.mlstm import mlstm
 from xlram.ops.mlstm.dispatch import choose_chunk
@@ -255,9 +256,6 @@ def run(args) -> list[dict]:
     rows += _step_rows([1, 16], repeats, limits["copy_gbs_cpu"])
     rows += _slstm_rows([(4, 256)] if quick else [(4, 256), (1, 1024), (8, 1024)], repeats)
     rows += limit_rows(limits)
-    load1 = load_average()
-    for r in rows:
-        r["threads"] = limits["threads"]
-        r["load"] = max(load0, load1)
+    stamp(rows, load0, limits["threads"])
     _plot(rows, limits, getattr(args, "out", "results"))
     return rows

@@ -34,6 +34,7 @@ from benchmarks.limits import (
     save_plot,
     setup_threads,
     spread,
+    stamp,
 )
 
 OFFICIAL = "xlstm-2.0.6"
@@ -244,9 +245,6 @@ def run(args) -> list[dict]:
     lengths_off = [1024] if quick else [1024, 4096]
     rows += _prefill_rows(ours, off_for, lengths_ours, lengths_off, 3 if quick else 5)
     rows += limit_rows(limits)
-    load = max(load0, load_average())
-    for r in rows:
-        r["threads"] = limits["threads"]
-        r["load"] = load
+    stamp(rows, load0, limits["threads"])
     _plot(rows, limits, getattr(args, "out", "results"))
     return rows

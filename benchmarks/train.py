@@ -37,6 +37,7 @@ from benchmarks.limits import (
     pyplot,
     save_plot,
     setup_threads,
+    stamp,
 )
 from benchmarks.step import MODEL, OFFICIAL, official_lm, xlram_lm
 
@@ -180,9 +181,6 @@ def run(args) -> list[dict]:
         plan[OFFICIAL] = [256, 512, 1024, 2048] if quick else [256, 512, 1024, 2048, 4096]
     rows += _peak_memory_rows(plan)
     rows += limit_rows(limits)
-    load = max(load0, load_average())
-    for r in rows:
-        r["threads"] = limits["threads"]
-        r["load"] = load
+    stamp(rows, load0, limits["threads"])
     _plot(rows, limits, getattr(args, "out", "results"))
     return rows
