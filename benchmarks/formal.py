@@ -1,7 +1,10 @@
 """`xlram bench formal`: formal languages (xLSTM paper §4.1, Fig. 4): length generalisation from training
 lengths 3-40 to test lengths 40-256, accuracy on the answer tokens only.
 
-Models (2 blocks each, width 64, one head, as the official parity configs): ``xlstm[0:1]``,
+Models (2 blocks each, width 64; sLSTM with one head as the official parity configs, mLSTM with four
+heads as SLiCE's rerun of the official package, so that its forget-gate biases spread over [3, 6]: with
+one head, every mLSTM memory starts at bias 3 and xLSTM[1:0] forgets the first symbol of long Even Pairs
+inputs, 0.75 against 0.99 scaled accuracy in a side-by-side run): ``xlstm[0:1]``,
 ``xlstm[1:0]``, ``xlstm[1:1]`` (sLSTM blocks without conv, recurrent weights initialised normally as in
 the paper's App. B.1.1), ``transformer`` (Llama-style, 4 heads, RoPE) and ``lstm`` (2 layers).
 Training: AdamW (0.9, 0.99), weight decay 0.1, 10% warm-up then cosine to 1e-5, clip 1.0; every model
@@ -45,13 +48,13 @@ SUITE = "formal"
 TASKS = ("parity", "even_pairs", "cycle_navigation", "modular_arithmetic", "majority")
 QUICK_TASKS = ("parity", "even_pairs")
 DIM = 64
-STEPS, BATCH, LRS = 1000, 64, (3e-3, 1e-2)
+STEPS, BATCH, LRS = 1000, 64, (1e-3, 3e-3, 1e-2)
 QUICK_STEPS, QUICK_BATCH, QUICK_LRS = 300, 32, (3e-3,)
 NUM_TEST, NUM_VAL = 1024, 512
 
 
 def model_spec(name: str, dim: int = DIM) -> ModelSpec:
-    return ModelSpec(name, dim, num_blocks=2, heads=4, mlstm_heads=1, slstm_heads=1)
+    return ModelSpec(name, dim, num_blocks=2, heads=4, mlstm_heads=4, slstm_heads=1)
 
 
 def _env_list(name: str, default, cast=str) -> tuple:

@@ -13,9 +13,11 @@ accuracy after 1000 steps here, tied it passes 69% train accuracy at step 400 of
 Training: fresh random sequences every step (the paper cycles 100,000 fixed ones for 64 epochs at
 batch 512); AdamW (0.9, 0.99), weight decay 0.1, 10% warm-up then cosine to 1e-5, clip 1.0. A CPU run
 is ``STEPS`` steps at batch ``BATCH``: about 26,000 sequences, 0.4% of the paper's 6.4 million.
-Learning rates: every model gets the same rates ``LRS``; with more than one, all are trained on seed 0,
-the one with the best accuracy on a validation split (another fixed split than the test split) is kept
-and the other seeds train at it. The CPU default is a single rate (3e-3) for every model.
+Learning rates: the xLSTMs train at ``LRS`` (3e-3 alone), the baselines and the no-conv ablation get
+the wider sweep ``BASELINE_LRS``, so that no gap in their disfavour comes from tuning. Where a model has
+several rates, all are trained on seed 0, the one with the best accuracy on a validation split (another
+fixed split than the test split) is kept and the other seeds train at it. ``XLRAM_BENCH_LRS`` sets one
+list for every model.
 
 Rows: ``accuracy`` on the fixed test split (3000 sequences; every query scored), per seed and a
 ``seed: "mean"`` row (``std``); ``val_accuracy`` of the sweep (``chosen`` marks the kept rate).
@@ -34,13 +36,14 @@ import statistics
 from pathlib import Path
 
 from benchmarks.limits import pyplot, save_plot, setup_threads, stamp
-from benchmarks.synthetic import NO_CONV, ModelSpec, RunSpec, seeds_from, sweep_then_seeds
+from benchmarks.synthetic import NO_CONV, ModelSpec, RunSpec, lrs_of, seeds_from, sweep_then_seeds
 
 SUITE = "mqar"
 SETTINGS = ("cl64_kv4", "cl128_kv8")
 MODELS = ("xlstm[1:0]", "xlstm[1:1]", "lstm", "transformer", NO_CONV)
 DIM = 128
 STEPS, BATCH, LRS = 800, 32, (3e-3,)
+BASELINE_LRS = (1e-3, 3e-3, 1e-2)
 QUICK_STEPS, QUICK_BATCH, QUICK_LRS = 150, 32, (3e-3,)
 NUM_TEST, NUM_VAL = 3000, 500
 
@@ -56,21 +59,27 @@ def _env_list(name: str, default, cast=str) -> tuple:
 
 def plan(quick: bool, num_seeds: int | None) -> dict:
     lrs = _env_list("XLRAM_BENCH_LRS", QUICK_LRS if quick else LRS, float)
+    models = _env_list("XLRAM_BENCH_MODELS", MODELS)
+    # The baselines and the ablation get the wider sweep, unless --quick or XLRAM_BENCH_LRS says otherwise.
+    widen = not quick and not os.environ.get("XLRAM_BENCH_LRS")
+    baselines = [m for m in models if m == NO_CONV or not m.startswith("xlstm[")]
     return {
         "tasks": _env_list("XLRAM_BENCH_TASKS", SETTINGS[:1] if quick else SETTINGS),
-        "models": _env_list("XLRAM_BENCH_MODELS", MODELS),
+        "models": models,
         "seeds": list(range(num_seeds or (1 if quick else 3))),
         "lrs": lrs,
+        "lrs_by_model": {m: BASELINE_LRS for m in baselines} if widen else {},
         "steps": int(os.environ.get("XLRAM_BENCH_STEPS", QUICK_STEPS if quick else STEPS)),
         "batch": QUICK_BATCH if quick else BATCH,
         "num_test": 500 if quick else NUM_TEST,
-        "num_val": NUM_VAL if len(lrs) > 1 else 0,  # a validation split only to choose among rates
+        "num_val": NUM_VAL,
     }
 
 
 def _spec(p: dict, setting: str, model: str, seed: int, lr: float) -> RunSpec:
+    num_val = p["num_val"] if len(lrs_of(p, model)) > 1 else 0  # a validation split only to choose a rate
     return RunSpec(SUITE, model_spec(model), setting, seed, lr, p["steps"], p["batch"],
-                   task_kwargs={"num_test": p["num_test"], "num_val": p["num_val"]})
+                   task_kwargs={"num_test": p["num_test"], "num_val": num_val})
 
 
 def _make_task(spec: RunSpec):
@@ -146,7 +155,8 @@ def run(args) -> list[dict]:
     p = plan(quick, getattr(args, "seeds", None))
     seeds_from(args, len(p["seeds"]))
     print(f"mqar: settings {list(p['tasks'])}, models {list(p['models'])}, seeds {p['seeds']}, "
-          f"lrs {list(p['lrs'])}, {p['steps']} steps at batch {p['batch']}, width {DIM}", flush=True)
+          f"lrs {list(p['lrs'])} (other models: {p.get('lrs_by_model') or 'the same'}), "
+          f"{p['steps']} steps at batch {p['batch']}, width {DIM}", flush=True)
     results, sweep = sweep_then_seeds(p, lambda t, m, s, lr: _spec(p, t, m, s, lr), _make_task, out_dir,
                                       device=getattr(args, "device", "cpu"))
     rows = _rows(results, sweep)

@@ -211,20 +211,27 @@ def pick_lr(results: list[dict], metric: str) -> dict[tuple[str, str], float]:
     return {k: v[0] for k, v in best.items()}
 
 
+def lrs_of(p: dict, model: str) -> tuple[float, ...]:
+    """The learning rates the plan ``p`` sweeps for ``model``: ``p["lrs_by_model"][model]`` where given,
+    else ``p["lrs"]``."""
+    return tuple(p.get("lrs_by_model", {}).get(model, p["lrs"]))
+
+
 def sweep_then_seeds(p: dict, make_spec: Callable[[str, str, int, float], RunSpec],
                      make_task: Callable[[RunSpec], object], out_dir, *, device: str = "cpu",
                      log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
-    """The plan ``p`` (``tasks``, ``models``, ``seeds``, ``lrs``): on the first seed every rate is trained
-    and the one with the best ``val_accuracy`` is chosen per (task, model); the other seeds train at the
-    chosen rate only. Returns ``(results at the chosen rates, {"sweep": seed-0 results, "chosen": ...})``.
+    """The plan ``p`` (``tasks``, ``models``, ``seeds``, ``lrs``, optional ``lrs_by_model``): on the first
+    seed every rate of a model (:func:`lrs_of`) is trained and, where there are several, the one with the
+    best ``val_accuracy`` is chosen per (task, model); the other seeds train at the chosen rate only.
+    Returns ``(results at the chosen rates, {"sweep": seed-0 results, "chosen": ...})``.
     """
     first, rest = p["seeds"][0], p["seeds"][1:]
-    sweep_specs = [make_spec(t, m, first, lr) for t in p["tasks"] for m in p["models"] for lr in p["lrs"]]
+    sweep_specs = [make_spec(t, m, first, lr) for t in p["tasks"] for m in p["models"] for lr in lrs_of(p, m)]
     sweep = run_all(sweep_specs, make_task, out_dir, device=device, log=log)
-    if len(p["lrs"]) > 1:
-        chosen = pick_lr(sweep, "val_accuracy")
-    else:
-        chosen = {(t, m): p["lrs"][0] for t in p["tasks"] for m in p["models"]}
+    swept = [r for r in sweep if len(lrs_of(p, r["spec"]["model"]["name"])) > 1]
+    chosen = pick_lr(swept, "val_accuracy")
+    chosen.update({(t, m): lrs_of(p, m)[0] for t in p["tasks"] for m in p["models"]
+                   if len(lrs_of(p, m)) == 1})
     more = [make_spec(t, m, s, chosen[(t, m)]) for t in p["tasks"] for m in p["models"] for s in rest
             if (t, m) in chosen]  # a pair is missing only when its sweep was left out (ONLY_FINISHED)
     results = [r for r in sweep if r["spec"]["lr"] == chosen[(r["spec"]["task"], r["spec"]["model"]["name"])]]

@@ -96,3 +96,28 @@ def test_noconv_model_has_no_conv():
                .named_parameters())
     with pytest.raises(ValueError, match="unknown model 'mamba'"):
         ModelSpec("mamba", 16).build(10)
+
+
+def test_mqar_baselines_get_the_wider_sweep(tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("XLRAM_BENCH_LRS", raising=False)
+    full = mqar.plan(False, None)
+    assert full["lrs"] == mqar.LRS and len(mqar.BASELINE_LRS) > len(mqar.LRS)
+    for model in ("lstm", "transformer", synthetic.NO_CONV):
+        assert synthetic.lrs_of(full, model) == mqar.BASELINE_LRS
+    assert synthetic.lrs_of(full, "xlstm[1:0]") == mqar.LRS
+    monkeypatch.setenv("XLRAM_BENCH_LRS", "1e-3")  # one list for every model
+    assert mqar.plan(False, None)["lrs_by_model"] == {}
+
+    p = _tiny_plan(("cl64_kv4",), ("xlstm[1:0]", "lstm"), seeds=(0, 1))
+    p["lrs_by_model"] = {"lstm": (1e-2, 3e-3)}
+    monkeypatch.setattr(mqar, "plan", lambda quick, seeds: p)
+    rows = mqar.run(_args(tmp_path))
+    runs = [json.loads(f.read_text())["spec"] for f in (tmp_path / "runs" / "mqar").iterdir()]
+    # lstm: both rates on seed 0 (with a validation split), seed 1 at the chosen one; xLSTM: one rate.
+    assert sorted((s["model"]["name"], s["seed"]) for s in runs) == [
+        ("lstm", 0), ("lstm", 0), ("lstm", 1), ("xlstm[1:0]", 0), ("xlstm[1:0]", 1)]
+    assert all(s["task_kwargs"]["num_val"] == (4 if s["model"]["name"] == "lstm" else 0) for s in runs)
+    sweep = [r for r in rows if r["metric"] == "val_accuracy"]
+    assert {r["model"] for r in sweep} == {"lstm"} and sum(r["chosen"] for r in sweep) == 1
+    chosen = next(r["lr"] for r in sweep if r["chosen"])
+    assert {r["lr"] for r in rows if r["metric"] == "accuracy" and r["model"] == "lstm"} == {chosen}
