@@ -20,7 +20,8 @@ fixed split than the test split) is kept and the other seeds train at it. ``XLRA
 list for every model.
 
 Rows: ``accuracy`` on the fixed test split (3000 sequences; every query scored), per seed and a
-``seed: "mean"`` row (``std``); ``val_accuracy`` of the sweep (``chosen`` marks the kept rate).
+``seed: "mean"`` row (``std``); ``val_accuracy`` of the sweep (``chosen`` marks the kept rate). Table:
+``mqar_table.md``, the mean accuracy per model and setting.
 ``S`` is the context length, ``kv`` the number of pairs. Plot: ``mqar_curves.png``, the training
 accuracy at the answer positions against the step, per setting and model (seed 0, chosen rate).
 
@@ -35,6 +36,7 @@ import os
 import statistics
 from pathlib import Path
 
+from benchmarks.common import atomic_write_text
 from benchmarks.limits import pyplot, save_plot, setup_threads, stamp
 from benchmarks.synthetic import NO_CONV, ModelSpec, RunSpec, lrs_of, seeds_from, sweep_then_seeds
 
@@ -119,6 +121,23 @@ def _rows(results: list[dict], sweep: dict) -> list[dict]:
     return rows
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown table: mean test accuracy (± std over seeds, the rate used), models as rows, settings as
+    columns."""
+    means = {(r["model"], r["task"]): r for r in rows if r["metric"] == "accuracy" and r["seed"] == "mean"}
+    models = list(dict.fromkeys(m for m, _ in means))
+    tasks = list(dict.fromkeys(t for _, t in means))
+    lines = ["| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for m in models:
+        cells = []
+        for t in tasks:
+            r = means.get((m, t))
+            cells.append("" if r is None else
+                         f"{r['value']:.3f} ± {r['std']:.3f} (n={r['seeds']}, lr {r['lr']:g})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _plot(results: list[dict], out_dir, title: str) -> None:
     plt = pyplot()
     if plt is None:
@@ -161,5 +180,10 @@ def run(args) -> list[dict]:
                                       device=getattr(args, "device", "cpu"))
     rows = _rows(results, sweep)
     stamp(rows, 0.0)
-    _plot(results, out_dir, f"MQAR, width {DIM}, 2 blocks; {p['steps']} steps x batch {p['batch']}")
+    title = f"MQAR, width {DIM}, 2 blocks; {p['steps']} steps x batch {p['batch']}"
+    text = table(rows)
+    print(text)
+    atomic_write_text(out_dir / "mqar_table.md",
+                      f"{title}\n\ntest accuracy, mean ± std over seeds\n\n{text}\n")
+    _plot(results, out_dir, title)
     return rows

@@ -85,6 +85,8 @@ def test_mqar_rows(tiny, tmp_path, monkeypatch):
         assert 0 <= r["value"] <= 1
     sizes = {r["model"]: r["params"] for r in acc}
     assert sizes["xlstm[1:0]-noconv"] < sizes["xlstm[1:0]"]  # the conv is really gone
+    text = (tmp_path / "mqar_table.md").read_text()
+    assert "| xlstm[1:0]-noconv | " in text and "cl64_kv4" in text and "(n=1, lr 0.01)" in text
     if formal.pyplot() is not None:  # plots need matplotlib
         assert (tmp_path / "mqar_curves.png").is_file()
 
