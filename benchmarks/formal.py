@@ -4,7 +4,7 @@ lengths 3-40 to test lengths 40-256, accuracy on the answer tokens only.
 Models (2 blocks each, width 64; sLSTM with one head as the official parity configs, mLSTM with four
 heads as SLiCE's rerun of the official package, so that its forget-gate biases spread over [3, 6]: with
 one head, every mLSTM memory starts at bias 3 and xLSTM[1:0] forgets the first symbol of long Even Pairs
-inputs, 0.75 against 0.99 scaled accuracy in a side-by-side run): ``xlstm[0:1]``,
+inputs: 0.75 against 0.99 scaled accuracy, same seed, steps and rate): ``xlstm[0:1]``,
 ``xlstm[1:0]``, ``xlstm[1:1]`` (sLSTM blocks without conv, recurrent weights initialised normally as in
 the paper's App. B.1.1), ``transformer`` (Llama-style, 4 heads, RoPE) and ``lstm`` (2 layers).
 Training: AdamW (0.9, 0.99), weight decay 0.1, 10% warm-up then cosine to 1e-5, clip 1.0; every model
@@ -42,7 +42,16 @@ from pathlib import Path
 
 from benchmarks.common import atomic_write_text
 from benchmarks.limits import pyplot, save_plot, setup_threads, stamp
-from benchmarks.synthetic import MODELS, ModelSpec, RunSpec, seeds_from, sweep_then_seeds
+from benchmarks.synthetic import (
+    MODELS,
+    ModelSpec,
+    RunSpec,
+    env_list,
+    mean_table,
+    seeds_from,
+    sweep_rows,
+    sweep_then_seeds,
+)
 
 SUITE = "formal"
 TASKS = ("parity", "even_pairs", "cycle_navigation", "modular_arithmetic", "majority")
@@ -57,19 +66,14 @@ def model_spec(name: str, dim: int = DIM) -> ModelSpec:
     return ModelSpec(name, dim, num_blocks=2, heads=4, mlstm_heads=4, slstm_heads=1)
 
 
-def _env_list(name: str, default, cast=str) -> tuple:
-    raw = os.environ.get(name)
-    return tuple(cast(x) for x in raw.split(",") if x.strip()) if raw else tuple(default)
-
-
 def plan(quick: bool, num_seeds: int | None) -> dict:
     """The suite's settings: tasks, models, seeds, rates, steps, batch, test and validation sizes."""
     seeds = list(range(num_seeds or (1 if quick else 3)))
     return {
-        "tasks": _env_list("XLRAM_BENCH_TASKS", QUICK_TASKS if quick else TASKS),
-        "models": _env_list("XLRAM_BENCH_MODELS", MODELS),
+        "tasks": env_list("XLRAM_BENCH_TASKS", QUICK_TASKS if quick else TASKS),
+        "models": env_list("XLRAM_BENCH_MODELS", MODELS),
         "seeds": seeds,
-        "lrs": _env_list("XLRAM_BENCH_LRS", QUICK_LRS if quick else LRS, float),
+        "lrs": env_list("XLRAM_BENCH_LRS", QUICK_LRS if quick else LRS, float),
         "steps": int(os.environ.get("XLRAM_BENCH_STEPS", QUICK_STEPS if quick else STEPS)),
         "batch": QUICK_BATCH if quick else BATCH,
         "num_test": 256 if quick else NUM_TEST,
@@ -121,30 +125,13 @@ def _rows(results: list[dict], sweep: dict, chance: dict[str, float]) -> list[di
                          "length_min": b["lo"], "length_max": b["hi"], "samples": b["count"],
                          "value": round((acc - c) / (1 - c), 4), "raw_accuracy": round(acc, 4),
                          "seeds": len(bins)})
-    for r in sweep["sweep"]:
-        s = r["spec"]
-        if "val_accuracy" in r["final"]:
-            key = (s["task"], s["model"]["name"])
-            rows.append({"metric": "val_accuracy", "model": key[1], "task": key[0], "seed": s["seed"],
-                         "lr": s["lr"], "value": round(r["final"]["val_accuracy"], 4),
-                         "chosen": sweep["chosen"][key] == s["lr"]})
-    return rows
+    return rows + sweep_rows(sweep)
 
 
 def heatmap_table(rows: list[dict]) -> str:
     """Markdown table: mean scaled test accuracy (± std over seeds), models as rows, tasks as columns."""
-    means = {(r["model"], r["task"]): r for r in rows
-             if r["metric"] == "test_accuracy" and r["seed"] == "mean"}
-    models = list(dict.fromkeys(m for m, _ in means))
-    tasks = list(dict.fromkeys(t for _, t in means))
-    lines = ["| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for m in models:
-        cells = []
-        for t in tasks:
-            r = means.get((m, t))
-            cells.append("" if r is None else f"{r['value']:.2f} ± {r['std']:.2f} (n={r['seeds']})")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return mean_table(rows, "test_accuracy",
+                      lambda r: f"{r['value']:.2f} ± {r['std']:.2f} (n={r['seeds']})")
 
 
 def _plot(rows: list[dict], out_dir, title: str) -> None:

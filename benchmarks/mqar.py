@@ -38,7 +38,17 @@ from pathlib import Path
 
 from benchmarks.common import atomic_write_text
 from benchmarks.limits import pyplot, save_plot, setup_threads, stamp
-from benchmarks.synthetic import NO_CONV, ModelSpec, RunSpec, lrs_of, seeds_from, sweep_then_seeds
+from benchmarks.synthetic import (
+    NO_CONV,
+    ModelSpec,
+    RunSpec,
+    env_list,
+    lrs_of,
+    mean_table,
+    seeds_from,
+    sweep_rows,
+    sweep_then_seeds,
+)
 
 SUITE = "mqar"
 SETTINGS = ("cl64_kv4", "cl128_kv8")
@@ -54,19 +64,14 @@ def model_spec(name: str, dim: int = DIM) -> ModelSpec:
     return ModelSpec(name, dim, num_blocks=2, heads=2, mlstm_heads=4, slstm_heads=4, tie=True)
 
 
-def _env_list(name: str, default, cast=str) -> tuple:
-    raw = os.environ.get(name)
-    return tuple(cast(x) for x in raw.split(",") if x.strip()) if raw else tuple(default)
-
-
 def plan(quick: bool, num_seeds: int | None) -> dict:
-    lrs = _env_list("XLRAM_BENCH_LRS", QUICK_LRS if quick else LRS, float)
-    models = _env_list("XLRAM_BENCH_MODELS", MODELS)
+    lrs = env_list("XLRAM_BENCH_LRS", QUICK_LRS if quick else LRS, float)
+    models = env_list("XLRAM_BENCH_MODELS", MODELS)
     # The baselines and the ablation get the wider sweep, unless --quick or XLRAM_BENCH_LRS says otherwise.
     widen = not quick and not os.environ.get("XLRAM_BENCH_LRS")
     baselines = [m for m in models if m == NO_CONV or not m.startswith("xlstm[")]
     return {
-        "tasks": _env_list("XLRAM_BENCH_TASKS", SETTINGS[:1] if quick else SETTINGS),
+        "tasks": env_list("XLRAM_BENCH_TASKS", SETTINGS[:1] if quick else SETTINGS),
         "models": models,
         "seeds": list(range(num_seeds or (1 if quick else 3))),
         "lrs": lrs,
@@ -111,31 +116,14 @@ def _rows(results: list[dict], sweep: dict) -> list[dict]:
                      "kv": st.num_kv_pairs, "seed": "mean", "lr": rs[0]["spec"]["lr"],
                      "value": round(statistics.fmean(acc), 4), "std": round(statistics.pstdev(acc), 4),
                      "seeds": len(rs)})
-    for r in sweep["sweep"]:
-        s = r["spec"]
-        if "val_accuracy" in r["final"]:
-            key = (s["task"], s["model"]["name"])
-            rows.append({"metric": "val_accuracy", "model": key[1], "task": key[0], "seed": s["seed"],
-                         "lr": s["lr"], "value": round(r["final"]["val_accuracy"], 4),
-                         "chosen": sweep["chosen"][key] == s["lr"]})
-    return rows
+    return rows + sweep_rows(sweep)
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table: mean test accuracy (± std over seeds, the rate used), models as rows, settings as
     columns."""
-    means = {(r["model"], r["task"]): r for r in rows if r["metric"] == "accuracy" and r["seed"] == "mean"}
-    models = list(dict.fromkeys(m for m, _ in means))
-    tasks = list(dict.fromkeys(t for _, t in means))
-    lines = ["| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for m in models:
-        cells = []
-        for t in tasks:
-            r = means.get((m, t))
-            cells.append("" if r is None else
-                         f"{r['value']:.3f} ± {r['std']:.3f} (n={r['seeds']}, lr {r['lr']:g})")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return mean_table(rows, "accuracy",
+                      lambda r: f"{r['value']:.3f} ± {r['std']:.3f} (n={r['seeds']}, lr {r['lr']:g})")
 
 
 def _plot(results: list[dict], out_dir, title: str) -> None:

@@ -239,6 +239,39 @@ def sweep_then_seeds(p: dict, make_spec: Callable[[str, str, int, float], RunSpe
     return results, {"sweep": sweep, "chosen": chosen}
 
 
+def env_list(name: str, default, cast=str) -> tuple:
+    """A comma-separated override from environment variable ``name`` (items cast), else ``default``."""
+    raw = os.environ.get(name)
+    return tuple(cast(x) for x in raw.split(",") if x.strip()) if raw else tuple(default)
+
+
+def sweep_rows(sweep: dict) -> list[dict]:
+    """``val_accuracy`` rows of a :func:`sweep_then_seeds` sweep, one per seed-0 run that has one;
+    ``chosen`` marks the rate kept for its (task, model)."""
+    rows = []
+    for r in sweep["sweep"]:
+        s = r["spec"]
+        if "val_accuracy" in r["final"]:
+            key = (s["task"], s["model"]["name"])
+            rows.append({"metric": "val_accuracy", "model": key[1], "task": key[0], "seed": s["seed"],
+                         "lr": s["lr"], "value": round(r["final"]["val_accuracy"], 4),
+                         "chosen": sweep["chosen"][key] == s["lr"]})
+    return rows
+
+
+def mean_table(rows: list[dict], metric: str, cell: Callable[[dict], str]) -> str:
+    """Markdown table of the ``seed: "mean"`` rows of ``metric``: models as rows, tasks as columns,
+    each cell ``cell(row)``."""
+    means = {(r["model"], r["task"]): r for r in rows if r["metric"] == metric and r["seed"] == "mean"}
+    models = list(dict.fromkeys(m for m, _ in means))
+    tasks = list(dict.fromkeys(t for _, t in means))
+    lines = ["| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for m in models:
+        cells = ["" if (m, t) not in means else cell(means[(m, t)]) for t in tasks]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def seeds_from(args, default: int) -> list[int]:
     n = getattr(args, "seeds", None) or default
     if n < 1:
