@@ -30,9 +30,14 @@ ENV_THREADS = "XLRAM_BENCH_THREADS"
 
 
 def setup_threads() -> int:
-    """Set torch's intra-op threads from ``XLRAM_BENCH_THREADS`` (default 1); returns the count."""
+    """Set torch's intra-op threads from ``XLRAM_BENCH_THREADS`` (default 1); returns the count.
+
+    OpenBLAS (scipy's, which the numba kernels' matmuls call) gets the same count through
+    ``OPENBLAS_NUM_THREADS`` unless that is set: read when the library loads, which in a benchmark is
+    after this call (the first numba matmul)."""
     n = int(os.environ.get(ENV_THREADS, "1"))
     torch.set_num_threads(max(1, n))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(torch.get_num_threads()))
     return torch.get_num_threads()
 
 

@@ -8,11 +8,14 @@ The model is the issue's anchor: a 3.5M-parameter xLSTM[7:1] (``xlstm-2.0.6`` ``
 Rows (``value`` = median CPU milliseconds, ``wall_ms`` the same by the wall clock):
 
 - ``ms_per_step`` at batch 1 and 16 for ``xlstm-2.0.6`` (``model.step``, one token per call),
-  ``xlram`` (``model.step`` under ``no_grad``: the in-place inference path) and ``xlram-compiled``
-  (the same after ``model.stack.compile_step()``); ``speedup`` = official / xlram. ``bound_ms`` is the
+  ``xlram`` (``model.step`` under ``no_grad``, the default inference path: one numba call per block,
+  ``xlram.fused_step``, where it applies, which covers this model at both batches), ``xlram-torch``
+  (the same with ``stack.fused_step = False``: the in-place torch step) and ``xlram-compiled`` (the
+  torch step after ``model.stack.compile_step()``); ``speedup`` = official / xlram. ``bound_ms`` is the
   memory bound of a step: the weights read once (all but the embedding table) plus the recurrent
   state read and written once, at the copy bandwidth measured in this run (or the FLOPs at the matmul
-  peak, if larger); ``of_bound`` = bound_ms / ms. ``compile_s``: the one-off compile time.
+  peak, if larger); ``of_bound`` = bound_ms / ms. ``compile_s``: the first call's time (torch.compile;
+  numba's compile, or its cache load).
 - ``max_abs_diff``: logits of the xlram paths against the official after the same steps.
 - ``tokens_per_s`` of a prefill (forward, no grad, batch 1): xlram in chunkwise form up to 16,384
   tokens, the official forward (its quadratic parallel form) up to 1,024 (4,096 in a full run).
@@ -89,49 +92,50 @@ def _state_bytes(model, B: int) -> int:
     return sum(t.numel() * t.element_size() for s in model.init_state(B) for t in _leaves(s))
 
 
-def _step_case(off, ours, comp, B, repeats, limits):
-    """Rows for one batch size: compile time, logits check, and the interleaved step timing."""
+def _step_case(off, impls: dict, B, repeats, limits):
+    """Rows for one batch size: compile time, logits check, and the interleaved step timing.
+    ``impls``: xlram's implementations by name (models with the official model's weights)."""
     rows = []
+    ours = impls["xlram"]
     weight_bytes = sum(p.numel() * p.element_size() for n, p in ours.named_parameters()
                        if n != "embedding.weight")
     weight_bytes += ours.embedding.weight.shape[1] * 4  # one row of the table
     n_params = sum(p.numel() for p in ours.parameters())
     ids = torch.randint(0, 256, (B,), generator=torch.Generator().manual_seed(B))
-    st = {"off": None, "xlram": ours.init_state(B), "comp": comp.init_state(B) if comp else None}
-    out = {}
+    st, out = {}, {}
+
+    def stepper(name, model):
+        def f():
+            out[name], st[name] = model.step(ids, st[name])
+        return f
 
     def f_off():
-        out["off"], st["off"] = off.step(ids[:, None], st["off"])
+        out[OFFICIAL], st[OFFICIAL] = off.step(ids[:, None], st[OFFICIAL])
 
-    def f_ours():
-        out["xlram"], st["xlram"] = ours.step(ids, st["xlram"])
+    fns = {OFFICIAL: f_off} if off is not None else {}
+    fns.update({name: stepper(name, m) for name, m in impls.items()})
 
-    def f_comp():
-        out["comp"], st["comp"] = comp.step(ids, st["comp"])
+    def reset():
+        st.update({name: (None if name == OFFICIAL else impls[name].init_state(B)) for name in fns})
 
-    fns = {}
-    if off is not None:
-        fns[OFFICIAL] = f_off
-    fns["xlram"] = f_ours
     with torch.no_grad():
-        if comp is not None:
+        reset()
+        for name in fns:  # the first call compiles (torch.compile, numba), timed on its own
             t0 = time.perf_counter()
-            f_comp()
-            compile_s = time.perf_counter() - t0
-            fns["xlram-compiled"] = f_comp
-            rows.append({"metric": "compile_s", "model": MODEL, "impl": "xlram-compiled", "batch": B,
-                         "value": round(compile_s, 1)})
+            fns[name]()
+            if name != OFFICIAL:
+                rows.append({"metric": "compile_s", "model": MODEL, "impl": name, "batch": B,
+                             "value": round(time.perf_counter() - t0, 2)})
         # The same steps from fresh states for the logits check, then the timing from wherever they are.
-        st.update({"off": None, "xlram": ours.init_state(B), "comp": comp.init_state(B) if comp else None})
+        reset()
         for _ in range(3):
             for fn in fns.values():
                 fn()
         if off is not None:
-            ref = out["off"][:, 0]
-            for impl, key in (("xlram", "xlram"), ("xlram-compiled", "comp")):
-                if key in out:
-                    rows.append({"metric": "max_abs_diff", "model": MODEL, "impl": impl, "batch": B,
-                                 "vs": OFFICIAL, "value": float((out[key] - ref).abs().max())})
+            ref = out[OFFICIAL][:, 0]
+            for name in impls:
+                rows.append({"metric": "max_abs_diff", "model": MODEL, "impl": name, "batch": B,
+                             "vs": OFFICIAL, "value": float((out[name] - ref).abs().max())})
         t = measure(fns, repeats=repeats, warmup=2, inner=20)
     mem_bound = (weight_bytes + 2 * _state_bytes(ours, B)) / (limits["copy_gbs_cpu"] * 1e9) * 1e3
     flop_bound = 2 * n_params * B / (limits["gflops_cpu"] * 1e9) * 1e3
@@ -149,10 +153,6 @@ def _step_case(off, ours, comp, B, repeats, limits):
                 row["speedup_wall"] = round(med(base["wall_ms"]) / med(ti["wall_ms"]), 2)
         rows.append(row)
     return rows
-
-
-def _step_rows(off, ours, comp, batches, repeats, limits):
-    return [r for B in batches for r in _step_case(off, ours, comp, B, repeats, limits)]
 
 
 def _prefill_rows(ours, off_for, lengths_ours, lengths_off, repeats):
@@ -226,11 +226,14 @@ def run(args) -> list[dict]:
     off = official_lm(256)
     if off is not None:
         off.eval()
-    ours = xlram_lm(off).eval()
+    ours = xlram_lm(off).eval()  # its no-grad step is the numba one (xlram.fused_step) where it applies
+    plain = xlram_lm(off).eval()
+    plain.stack.fused_step = False  # the torch step
     comp = xlram_lm(off).eval()
     comp.stack.compile_step()
+    impls = {"xlram": ours, "xlram-torch": plain, "xlram-compiled": comp}
     repeats = 7 if quick else 15
-    rows = _step_rows(off, ours, comp, [1, 16], repeats, limits)
+    rows = [r for B in (1, 16) for r in _step_case(off, impls, B, repeats, limits)]
 
     off_models = {}
 

@@ -430,10 +430,15 @@ _BLOCKS = {"mlstm": MLSTMBlock, "slstm": SLSTMBlock, "large": LargeBlock}
 class XLSTMStack(nn.Module):
     """``config.num_blocks`` residual blocks and a final norm (LayerNorm, or RMSNorm for large blocks).
 
+    Under ``torch.no_grad()`` on CPU, :meth:`step` runs every block as one numba call where that applies
+    (``xlram.fused_step``; ``fused_step = False`` on an instance switches it off).
+
     Shapes: ``forward(x (B, S, D), state=None) -> (y (B, S, D), state)``;
     ``step(x_t (B, D), state) -> (y_t (B, D), state)``. ``state`` is a tuple with one entry per block
     (None: zeros, the same as :meth:`init_state`). There is no maximum sequence length.
     """
+
+    fused_step = True  # use xlram.fused_step for the no-grad CPU step where it applies
 
     def __init__(self, config: XLSTMConfig):
         super().__init__()
@@ -444,6 +449,7 @@ class XLSTMStack(nn.Module):
         D = config.embedding_dim
         self._compiled_step, self._compiled_keys, self._compiled_params = None, set(), []
         self._last_state = None  # the state the in-place step returned last (known to be updatable)
+        self._fused = None  # the numba step (xlram.fused_step), made on the first no-grad step
         if not config.add_post_blocks_norm:
             self.post_blocks_norm = nn.Identity()
         elif config.block == "large":
@@ -525,9 +531,14 @@ class XLSTMStack(nn.Module):
         batch = _leaves(state[0])[0].shape[0]
         if batch != x.shape[0]:  # in-place updates would broadcast one batch into the other silently
             raise ValueError(f"XLSTMStack.step: state is for batch size {batch}, x has {x.shape[0]} rows")
-        if self._compiled_step is None:
-            return self._step_(x, state), state
-        return self._run_compiled(x, state), state
+        if self._compiled_step is not None:
+            return self._run_compiled(x, state), state
+        if self._fused is None:
+            from xlram.fused_step import FusedStep
+
+            self._fused = FusedStep(self)
+        y = self._fused.run(x, state)  # None where the numba step does not apply
+        return (self._step_(x, state) if y is None else y), state
 
     def _run_compiled(self, x: torch.Tensor, state: tuple) -> torch.Tensor:
         """The compiled step. Dynamo checks ~150 guards (one per parameter and state tensor) on every

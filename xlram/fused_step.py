@@ -1,0 +1,208 @@
+"""The inference step of an :class:`~xlram.blocks.XLSTMStack` on CPU as one numba call per block.
+
+:meth:`XLSTMStack.step <xlram.blocks.XLSTMStack.step>` under ``torch.no_grad()`` takes this path by
+itself where it applies (:func:`unsupported` says why not): batch <= ``MAX_ROWS``; CPU; weights,
+activations and state all fp32 or all fp64; NeurIPS mLSTM/sLSTM blocks (not the xLSTM-7B block);
+dropout off or the model in eval mode; numba importable; ``XLRAM_NUMBA`` not ``0``; and
+``stack.fused_step`` not switched off. Everywhere else the torch step runs. Both compute the same
+function: tests/test_fused_step.py compares outputs and states step by step.
+
+The kernels (``xlram.kernels.numba_step``) read the parameters through numpy views of their memory,
+made once. In-place updates (an optimiser step, ``load_state_dict``) are seen at once. A parameter
+whose memory moved (``.to()``, a ``.data`` assignment, a new Parameter) is noticed by its data pointer,
+and the views are made again.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+_DTYPES = (torch.float32, torch.float64)
+# Largest batch the fused step takes. Its matmuls are one GEMV per row (``numba_step._linear``); on the
+# 2-core EPYC the whole step of the 3.5M-parameter LM took 5.8 ms against the torch step's 8.2 at
+# batch 16, and 21 against 14 ms at batch 32.
+MAX_ROWS = 16
+
+# Parameters registered on any module so far: walking a stack's parameters costs ~0.1 ms, so a
+# FusedStep keeps its list and walks again only after a registration (a replaced parameter).
+_REGISTERED = [0]
+
+
+def _count_registration(module, name, param):
+    _REGISTERED[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+
+
+def _numba_usable() -> bool:
+    if os.environ.get("XLRAM_NUMBA", "1") == "0":
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def unsupported(stack, x: torch.Tensor) -> str | None:
+    """Why the fused step cannot run ``stack`` on ``x`` (B, D), or None when it can."""
+    from xlram.kernels.numba_step import FFN_ACTS
+
+    cfg = stack.config
+    if not stack.fused_step:
+        return "switched off (XLSTMStack.fused_step = False)"
+    if x.shape[0] > MAX_ROWS:
+        return f"batch {x.shape[0]} > {MAX_ROWS}: the torch step is faster there"
+    if x.device.type != "cpu" or x.dtype not in _DTYPES:
+        return f"needs fp32/fp64 CPU inputs, got {x.dtype} on {x.device}"
+    if cfg.block != "neurips":
+        return f"block {cfg.block!r} is not covered"
+    if stack.training and cfg.dropout > 0:
+        return "dropout is active (training mode)"
+    if cfg.ffn_act not in FFN_ACTS and any(cfg.block_types[i] == "slstm" for i in range(cfg.num_blocks)):
+        return f"FFN activation {cfg.ffn_act!r} is not covered"
+    if any(p.dtype != x.dtype or p.device != x.device for p in stack.parameters()):
+        return "parameters differ from the input in dtype or device"
+    if not _numba_usable():
+        return "numba is not available or XLRAM_NUMBA=0"
+    return None
+
+
+def _np(t: torch.Tensor | None, dtype, shape=(0,)) -> np.ndarray:
+    """A numpy view of ``t`` (detached, sharing memory), or an empty array standing for None."""
+    if t is None:
+        return np.zeros(shape, dtype=dtype)
+    t = t.detach()
+    if not t.is_contiguous():
+        raise ValueError("fused step: a parameter is not contiguous")
+    return t.numpy()
+
+
+def _mlstm_args(block, dt) -> tuple:
+    """The parameters of an MLSTMBlock in ``mlstm_block_step``'s order (before the state)."""
+    layer = block.layer
+    conv = layer.conv
+    conv_w = _np(conv.weight, dt) if conv is not None else np.zeros((layer.inner_dim, 0), dtype=dt)
+    conv_b = _np(conv.bias if conv is not None else None, dt)
+    return (
+        _np(block.norm.weight, dt), _np(block.norm.bias, dt), block.norm.eps,
+        _np(layer.proj_up.weight, dt), _np(layer.proj_up.bias, dt), conv_w, conv_b,
+    ), (
+        _np(layer.q_proj.weight, dt), _np(layer.q_proj.bias, dt),
+        _np(layer.k_proj.weight, dt), _np(layer.k_proj.bias, dt),
+        _np(layer.v_proj.weight, dt), _np(layer.v_proj.bias, dt),
+        _np(layer.igate.weight, dt), _np(layer.igate.bias, dt),
+        _np(layer.fgate.weight, dt), _np(layer.fgate.bias, dt),
+    ), (
+        _np(layer.outnorm.weight, dt), _np(layer.outnorm.bias, dt), layer.outnorm.eps,
+        _np(layer.learnable_skip, dt), _np(layer.proj_down.weight, dt), _np(layer.proj_down.bias, dt),
+        layer.eps,
+    )
+
+
+def _slstm_args(block, dt) -> tuple:
+    """The parameters of an SLSTMBlock in ``slstm_block_step``'s order (around the state)."""
+    from xlram.kernels.numba_step import FFN_ACTS
+
+    layer, ffn = block.layer, block.ffn
+    conv = layer.conv
+    conv_w = _np(conv.weight, dt) if conv is not None else np.zeros((layer.dim, 0), dtype=dt)
+    conv_b = _np(conv.bias if conv is not None else None, dt)
+    NH, DH = layer.num_heads, layer.head_dim
+    R = layer.recurrent_kernel.detach().view(NH, DH, 4 * DH).numpy()
+    return (
+        _np(block.norm.weight, dt), _np(block.norm.bias, dt), block.norm.eps, conv_w, conv_b,
+    ), (
+        _np(layer.igate.weight, dt), _np(layer.fgate.weight, dt), _np(layer.zgate.weight, dt),
+        _np(layer.ogate.weight, dt), R, _np(layer.bias, dt),
+    ), (
+        layer.forget_gate == "exp", _np(layer.norm.weight, dt), _np(layer.norm.bias, dt), layer.norm.eps,
+        _np(block.ffn_norm.weight, dt), _np(block.ffn_norm.bias, dt), block.ffn_norm.eps,
+        _np(ffn.proj_up.weight, dt), _np(ffn.proj_up.bias, dt), FFN_ACTS[ffn.act_name],
+        _np(ffn.proj_down.weight, dt), _np(ffn.proj_down.bias, dt),
+    )
+
+
+class FusedStep:
+    """``stack``'s no-grad step as numba kernels: ``run(x (B, D), state)`` -> y (B, D), or None where
+    the fused path does not apply (the caller then runs the torch step).
+
+    ``state`` is the stack's own (contiguous tensors updated in place, see ``XLSTMStack.step``).
+    """
+
+    def __init__(self, stack):
+        self.stack = stack
+        self._ptrs: tuple = ()
+        self._registered, self._params = -1, []
+        self._args: list = []
+        self._post = None
+        self._decisions: dict = {}
+        self._state_key, self._state_views = None, None
+
+    def _refresh(self) -> None:
+        """Forget the numpy views when any parameter's memory moved or a parameter was registered
+        anywhere since they were made (``module.weight = nn.Parameter(...)``)."""
+        if self._registered != _REGISTERED[0]:
+            self._registered, self._params = _REGISTERED[0], list(self.stack.parameters())
+        ptrs = tuple(p.data_ptr() for p in self._params)
+        if ptrs == self._ptrs:
+            return
+        self._ptrs, self._args, self._decisions, self._state_key = ptrs, [], {}, None
+
+    def _build(self, dt) -> None:
+        from xlram.blocks import MLSTMBlock
+
+        args = [("mlstm", _mlstm_args(b, dt)) if isinstance(b, MLSTMBlock) else ("slstm", _slstm_args(b, dt))
+                for b in self.stack.blocks]
+        post = self.stack.post_blocks_norm
+        self._post = None if isinstance(post, torch.nn.Identity) else (
+            _np(post.weight, dt), _np(post.bias, dt), post.eps)
+        self._args = args
+
+    def _applies(self, x: torch.Tensor) -> bool:
+        key = (x.dtype, x.device, self.stack.training)
+        if key not in self._decisions:
+            ok = unsupported(self.stack, x) is None
+            if ok and not self._args:
+                self._build(x.detach().numpy().dtype)
+            self._decisions[key] = ok
+        return self._decisions[key]
+
+    def _states(self, state: tuple, dtype: torch.dtype) -> list | None:
+        """Numpy views of the state tensors per block, cached for the state object last seen; None when
+        a tensor is not of ``dtype`` (the torch step then runs)."""
+        if state is self._state_key:
+            return self._state_views
+        views = []
+        for s in state:
+            tensors = (s.conv, *s.cell)
+            if any(t.dtype != dtype or not t.is_contiguous() for t in tensors):
+                return None
+            views.append(tuple(t.numpy() for t in tensors))
+        self._state_key, self._state_views = state, views
+        return views
+
+    def run(self, x: torch.Tensor, state: tuple) -> torch.Tensor | None:
+        from xlram.kernels import numba_step as k
+
+        self._refresh()
+        if not self._applies(x):
+            return None
+        views = self._states(state, x.dtype)
+        if views is None:
+            return None
+        y = x.detach().contiguous().clone().numpy()  # (B, D), updated block by block
+        for (kind, (a, b, c)), s in zip(self._args, views, strict=True):
+            if kind == "mlstm":
+                conv, C, n, m = s
+                k.mlstm_block_step(y, *a, conv, *b, C, n, m, *c)
+            else:
+                conv, h, cs, n, m = s
+                k.slstm_block_step(y, *a, conv, *b, h, cs, n, m, *c)
+        if self._post is not None:
+            k.layer_norm_(y, *self._post)
+        return torch.from_numpy(y)
