@@ -66,7 +66,7 @@ def _step_lines(rows: list[dict]) -> list[str]:
     lines = []
     for B in sorted({r["batch"] for r in rows if r["metric"] == "ms_per_step"}):
         off = _find(rows, metric="ms_per_step", impl=OFFICIAL_LM, batch=B)
-        for impl in ("xlram", "xlram-compiled"):
+        for impl in ("xlram", "xlram-torch", "xlram-compiled"):
             ours = _find(rows, metric="ms_per_step", impl=impl, batch=B)
             if ours is None:
                 continue

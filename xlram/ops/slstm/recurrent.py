@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from xlram.ops.slstm import fused_cpu
 from xlram.ops.slstm.reference import SLSTMState, cell_pointwise, state_dtype, zero_state
 
 
@@ -266,8 +267,14 @@ def slstm_recurrent(
 
 
 def _run_sequence(inputs: tuple, forget_gate: str):
-    """The loop over time, with its own backward when gradients are needed."""
-    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+    """The loop over time, with its own backward when gradients are needed.
+
+    On a CPU in fp32/fp64 the loops run in numba (``fused_cpu``), else as the torch kernels here.
+    """
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+    if fused_cpu.applies(inputs[0]):
+        return fused_cpu.run_sequence(inputs, forget_gate, grad)
+    if grad:
         return _SLSTMFunction.apply(*inputs, forget_gate)
     return _outputs(*_forward(*inputs, forget_gate, keep_all=False))
 
