@@ -49,10 +49,12 @@ def load_average() -> float:
         return -1.0
 
 
-def measure(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1, inner: int = 1
-            ) -> dict[str, dict[str, list[float]]]:
+def measure(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1, inner: int = 1,
+            settle: int = 0) -> dict[str, dict[str, list[float]]]:
     """Time every function in ``fns`` side by side: ``warmup`` untimed calls each, then ``repeats``
-    rounds in which each function runs ``inner`` times in a row, in an order that rotates per round.
+    rounds in which each function runs ``settle`` untimed and ``inner`` timed times in a row, in an
+    order that rotates per round. ``settle`` measures the steady state of a loop (a decode loop
+    keeps one model's weights in cache) rather than the first calls after another function ran.
 
     Returns, per name, ``{"wall_ms": [...], "cpu_ms": [...]}`` with one value per round: the time of
     one call (the round's total divided by ``inner``).
@@ -66,6 +68,8 @@ def measure(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int =
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             fn = fns[name]
+            for _ in range(settle):
+                fn()
             w0, c0 = time.perf_counter(), time.process_time()
             for _ in range(inner):
                 fn()

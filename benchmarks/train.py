@@ -11,8 +11,8 @@ Rows:
   contexts: 256 (batch 8), 1024 (batch 2), 4096 (batch 1; official only in a full run, where one of its
   steps takes about a minute); ``speedup`` = xlram / official.
 - ``peak_mem_mb``: the peak resident memory one training step adds, measured in a fresh subprocess per
-  (implementation, context) at batch 1 (the high-water mark ``VmHWM`` after the step minus the resident size
-  before it); xlram at 256..4096 (16,384 in a full run), the official up to 2048 (4096 in a full run).
+  (implementation, context) at batch 1, after one warm-up step on 16 tokens (the high-water mark
+  ``VmHWM`` after the step minus the resident size before it); xlram at 256..4096 (16,384 in a full run), the official up to 2048 (4096 in a full run).
   ``mb_per_1k_tokens`` = peak / context, flat for linear growth, and the rows' ``growth`` = the
   log-log slope of peak memory over context (1 = linear, 2 = quadratic).
 """
@@ -96,6 +96,10 @@ def _peak_memory_child(impl: str, context: int, batch: int) -> dict:
     pair = _pair(context, impl == OFFICIAL)
     model, opt = pair[impl]
     ids = torch.randint(0, VOCAB, (batch, context + 1), generator=torch.Generator().manual_seed(0))
+    # One step on 16 tokens first: it loads what any step loads once (numba's compiled kernels, ~150 MB
+    # of JIT memory; the optimiser's moments), so that the measured step adds only what grows with
+    # the context.
+    _train_step(model, opt, ids[:, :17], impl == OFFICIAL)
     rss_before = _status_kb("VmRSS")
     try:  # reset the high-water mark to the current size (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as fh:
