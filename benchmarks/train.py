@@ -12,7 +12,8 @@ Rows:
   steps takes about a minute); ``speedup`` = xlram / official.
 - ``peak_mem_mb``: the peak resident memory one training step adds, measured in a fresh subprocess per
   (implementation, context) at batch 1, after one warm-up step on 16 tokens (the high-water mark
-  ``VmHWM`` after the step minus the resident size before it); xlram at 256..4096 (16,384 in a full run), the official up to 2048 (4096 in a full run).
+  ``VmHWM`` after the step minus the resident size before it); xlram at 256..4096 (16,384 in a full
+  run), the official up to 2048 (4096 in a full run).
   ``mb_per_1k_tokens`` = peak / context, flat for linear growth, and the rows' ``growth`` = the
   log-log slope of peak memory over context (1 = linear, 2 = quadratic).
 """
