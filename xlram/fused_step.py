@@ -7,6 +7,10 @@ dropout off or the model in eval mode; numba importable; ``XLRAM_NUMBA`` not ``0
 ``stack.fused_step`` not switched off. Everywhere else the torch step runs. Both compute the same
 function: tests/test_fused_step.py compares outputs and states step by step.
 
+The first fused step of a process compiles the kernels (12 s on the 2-core CPU) or, usually,
+loads them from numba's on-disk cache (under a second). Their matmuls run in scipy's OpenBLAS, whose
+thread count is ``OPENBLAS_NUM_THREADS`` (read when it loads), not torch's.
+
 The kernels (``xlram.kernels.numba_step``) read the parameters through numpy views of their memory,
 made once. In-place updates (an optimiser step, ``load_state_dict``) are seen at once. A parameter
 whose memory moved (``.to()``, a ``.data`` assignment, a new Parameter) is noticed by its data pointer,
