@@ -19,10 +19,12 @@ and the views are made again.
 
 from __future__ import annotations
 
-import os
+import importlib.util
 
 import numpy as np
 import torch
+
+from xlram.ops import numba_kernels
 
 _DTYPES = (torch.float32, torch.float64)
 # Largest batch the fused step takes. Its matmuls are one GEMV per row (``numba_step._linear``); on the
@@ -43,13 +45,7 @@ torch.nn.modules.module.register_module_parameter_registration_hook(_count_regis
 
 
 def _numba_usable() -> bool:
-    if os.environ.get("XLRAM_NUMBA", "1") == "0":
-        return False
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return numba_kernels.enabled() and importlib.util.find_spec("numba") is not None
 
 
 def unsupported(stack, x: torch.Tensor) -> str | None:

@@ -11,12 +11,10 @@ and callers use the torch path, which computes the same values up to summation o
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-_KERNEL = None
-_TRIED = False
+from xlram.ops.numba_kernels import LazyKernels
+
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -48,18 +46,12 @@ def _build():
     return update
 
 
+_KERNEL = LazyKernels(_build)
+
+
 def available() -> bool:
     """Whether the numba kernel can be used (numba importable and not disabled by ``XLRAM_NUMBA=0``)."""
-    global _KERNEL, _TRIED
-    if os.environ.get("XLRAM_NUMBA", "1") == "0":
-        return False
-    if not _TRIED:
-        _TRIED = True
-        try:
-            _KERNEL = _build()
-        except ImportError:
-            _KERNEL = None
-    return _KERNEL is not None
+    return _KERNEL.get() is not None
 
 
 def applies(C: torch.Tensor) -> bool:
@@ -80,5 +72,5 @@ def memory_update_(C, n, fg, kig, v, qs) -> tuple[torch.Tensor, torch.Tensor]:
     flat = (C.view(B * H, dk, dv), n.view(B * H, dk), fg.contiguous().view(B * H),
             kig.contiguous().view(B * H, dk), v.contiguous().view(B * H, dv), qs.contiguous().view(B * H, dk),
             num.view(B * H, dv), qn.view(B * H))
-    _KERNEL(*(t.numpy() for t in flat))
+    _KERNEL.get()(*(t.numpy() for t in flat))
     return num, qn

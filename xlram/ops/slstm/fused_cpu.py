@@ -30,12 +30,11 @@ and callers use the torch form.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-_KERNELS = None
-_TRIED = False
+from xlram.ops.numba_kernels import LazyKernels
+
 _DTYPES = (torch.float32, torch.float64)
 # Per-step records of the forward, REC[head, t, row, B * DH]: rows 0-3 the pre-activations (i, f, z, o),
 # which the cell overwrites with i', f', tanh z̃, sigmoid õ; then d log f / d f̃, h, and the branch
@@ -220,18 +219,12 @@ def _build():
     return forward, backward
 
 
+_KERNELS = LazyKernels(_build)  # (forward, backward)
+
+
 def available() -> bool:
     """Whether the numba kernels can be used (numba importable and not disabled by ``XLRAM_NUMBA=0``)."""
-    global _KERNELS, _TRIED
-    if os.environ.get("XLRAM_NUMBA", "1") == "0":
-        return False
-    if not _TRIED:
-        _TRIED = True
-        try:
-            _KERNELS = _build()
-        except ImportError:
-            _KERNELS = None
-    return _KERNELS is not None
+    return _KERNELS.get() is not None
 
 
 def applies(wx: torch.Tensor) -> bool:
@@ -276,7 +269,7 @@ def _forward(wx, r, b, h0, c0, n0, m0, forget_gate: str, keep_all: bool):
     # the elementwise passes see each step's (B, DH) blocks flat
     bufs = (H, CN.view(NH, slots, 2, B * DH), M.view(NH, B * DH), REC.view(NH, steps, _ROWS, B * DH), out)
     params = (wx.contiguous(), b.contiguous(), R_t)
-    _KERNELS[0](*(_np(x) for x in params), forget_gate == "exp", *(_np(x) for x in bufs), _np(rec))
+    _KERNELS.get()[0](*(_np(x) for x in params), forget_gate == "exp", *(_np(x) for x in bufs), _np(rec))
     last = S % slots
     final = (_unheads(H[:, last]), _unheads(CN[:, last, 0]), _unheads(CN[:, last, 1]), _unheads(M))
     return out, final, ((H, CN, REC) if keep_all else None)
@@ -309,7 +302,7 @@ class _FusedSLSTMFunction(torch.autograd.Function):
         dpre = torch.empty(NH, S, B, 4 * DH, dtype=REC.dtype)
         args = (d_out.contiguous(), r.reshape(NH, DH, 4 * DH), CN.view(NH, S + 1, 2, B * DH),
                 REC.view(NH, S, _ROWS, B * DH), dh, carry.view(NH, 4, B * DH), dpre)
-        _KERNELS[1](*(_np(x) for x in args))
+        _KERNELS.get()[1](*(_np(x) for x in args))
         d_wx = dpre.view(NH, S, B, 4, DH).permute(2, 1, 3, 0, 4)  # (B, S, 4, NH, DH)
         d_r = d_b = None
         if ctx.needs_input_grad[1]:
