@@ -513,7 +513,9 @@ class XLSTMStack(nn.Module):
         state memory. A state whose tensors are not plain contiguous tensors of their own (views into
         a forward pass's buffers) or that need gradients is copied once first, and the copy is
         updated and returned; never step twice from one state object under ``no_grad`` expecting the
-        same result. :meth:`compile_step` replaces the in-place path by a ``torch.compile``d one.
+        same result. On CPU the in-place path is one numba call per block where that applies
+        (``xlram.fused_step``; ``fused_step = False`` turns it off); :meth:`compile_step` replaces it
+        by a ``torch.compile``d torch step.
         """
         if x.dim() != 2 or x.shape[-1] != self.config.embedding_dim:
             D = self.config.embedding_dim
