@@ -28,6 +28,11 @@ Rows (per task and model, at the chosen rate):
 Plots in the out dir: ``formal_length.png`` (accuracy against test length), ``formal_heatmap.png``
 (model x task, the paper's Fig. 4 layout) and ``formal_table.md`` (the same as a table).
 
+Selection (``XLRAM_BENCH_SELECT``): ``last`` (default) reports the model after its last step;
+``best_val`` evaluates every ``EVAL_EVERY`` steps and reports the test accuracy at the evaluation
+with the best validation accuracy (SLiCE's protocol for this benchmark; the later one on a tie), the
+learning rate chosen by that same validation accuracy. Its runs are stored in ``runs/formal-bestval/``.
+
 Resumable: each finished run is stored in ``OUT/runs/formal/`` and skipped when the suite runs again
 with the same settings. ``--quick``: Parity and Even Pairs, one seed, one rate, few steps (minutes; the
 figures are then far from converged). Environment overrides for partial runs: ``XLRAM_BENCH_TASKS``,
@@ -60,6 +65,7 @@ DIM = 64
 STEPS, BATCH, LRS = 1000, 64, (1e-3, 3e-3, 1e-2)
 QUICK_STEPS, QUICK_BATCH, QUICK_LRS = 300, 32, (3e-3,)
 NUM_TEST, NUM_VAL = 1024, 512
+EVAL_EVERY = 100  # with XLRAM_BENCH_SELECT=best_val
 
 
 def model_spec(name: str, dim: int = DIM) -> ModelSpec:
@@ -78,12 +84,16 @@ def plan(quick: bool, num_seeds: int | None) -> dict:
         "batch": QUICK_BATCH if quick else BATCH,
         "num_test": 256 if quick else NUM_TEST,
         "num_val": 0 if quick else NUM_VAL,
+        "select": os.environ.get("XLRAM_BENCH_SELECT", "last"),
     }
 
 
 def _spec(p: dict, task: str, model: str, seed: int, lr: float) -> RunSpec:
-    return RunSpec(SUITE, model_spec(model), task, seed, lr, p["steps"], p["batch"],
-                   task_kwargs={"num_test": p["num_test"], "num_val": p["num_val"]})
+    kwargs = {"num_test": p["num_test"], "num_val": p["num_val"]}
+    if p.get("select") == "best_val":  # evaluated every EVAL_EVERY steps; runs stored apart from the others
+        return RunSpec(f"{SUITE}-bestval", model_spec(model), task, seed, lr, p["steps"], p["batch"],
+                       eval_every=EVAL_EVERY, task_kwargs={**kwargs, "select": "best_val"})
+    return RunSpec(SUITE, model_spec(model), task, seed, lr, p["steps"], p["batch"], task_kwargs=kwargs)
 
 
 def _make_task(spec: RunSpec):
@@ -195,6 +205,8 @@ def run(args) -> list[dict]:
     stamp(rows, 0.0)
     title = (f"formal languages: train 3-40, test 40-256; {p['steps']} steps x batch {p['batch']}, "
              f"up to {len(p['seeds'])} seed(s)")
+    if p.get("select") == "best_val":
+        title += f"; test accuracy at the best validation accuracy (evaluated every {EVAL_EVERY} steps)"
     table = heatmap_table(rows)
     print(table)
     atomic_write_text(out_dir / "formal_table.md",

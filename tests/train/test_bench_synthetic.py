@@ -123,3 +123,14 @@ def test_mqar_baselines_get_the_wider_sweep(tiny, tmp_path, monkeypatch):
     assert {r["model"] for r in sweep} == {"lstm"} and sum(r["chosen"] for r in sweep) == 1
     chosen = next(r["lr"] for r in sweep if r["chosen"])
     assert {r["lr"] for r in rows if r["metric"] == "accuracy" and r["model"] == "lstm"} == {chosen}
+
+
+def test_formal_best_val_selection_runs_apart(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(formal, "EVAL_EVERY", 1)
+    plan = {**_tiny_plan(("parity",), ("xlstm[1:0]",)), "select": "best_val"}
+    results, _ = formal.run_plan(plan, tmp_path, log=lambda _: None)
+    (r,) = results
+    assert r["spec"]["suite"] == "formal-bestval" and r["spec"]["eval_every"] == 1
+    assert (tmp_path / "runs" / "formal-bestval").is_dir() and not (tmp_path / "runs" / "formal").exists()
+    evals = r["evals"]
+    assert len(evals) == 2 and max(e["val_accuracy_now"] for e in evals) == r["final"]["val_accuracy"]

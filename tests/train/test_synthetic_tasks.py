@@ -113,7 +113,37 @@ def test_bad_arguments_are_clear_errors():
         FormalLanguageTask("palindrome")
     with pytest.raises(ValueError, match="val_seed must differ"):
         FormalLanguageTask("parity", num_test=4, num_val=4, val_seed=0)
+    with pytest.raises(ValueError, match="select must be"):
+        FormalLanguageTask("parity", num_test=4, num_val=4, select="best")
+    with pytest.raises(ValueError, match="needs a validation set"):
+        FormalLanguageTask("parity", num_test=4, select="best_val")
     with pytest.raises(ValueError, match="MQAR preset name"):
         MQARTask("cl32_kv2")
     with pytest.raises(ValueError, match="vocab_size is 64, but MQAR needs 8192"):
         MQARTask("cl64_kv4", num_test=4).check_model(create_model("lm-xlstm[1:0]-tiny"))
+
+
+def test_best_val_selection_reports_the_best_evaluation_so_far(monkeypatch):
+    task = FormalLanguageTask("parity", num_test=8, num_val=4, eval_batch_size=8, select="best_val")
+    # Scripted right/wrong answers per read of a set: validation then (when it improves) test.
+    script = {"val": [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]],
+              "test": [[1] * 2 + [0] * 6, [1] * 5 + [0] * 3, [1] * 8]}
+    reads = []
+
+    def scripted(model, data):
+        name = "val" if data is task.val_set else "test"
+        reads.append(name)
+        return torch.tensor(script[name].pop(0), dtype=torch.bool)
+
+    monkeypatch.setattr(task, "_correct", scripted)
+    model = torch.nn.Linear(1, 1)
+    first = task.evaluate(model)
+    assert first["val_accuracy"] == 0.5 and first["test_accuracy"] == 0.25 and first["selected_eval"] == 1
+    worse = task.evaluate(model)  # validation 0.25: the first evaluation stays selected, test not read
+    assert worse["test_accuracy"] == 0.25 and worse["selected_eval"] == 1
+    assert worse["val_accuracy_now"] == 0.25
+    tie = task.evaluate(model)  # validation 0.5 again: the later one is taken
+    assert tie["test_accuracy"] == 0.625 and tie["selected_eval"] == 3
+    best = task.evaluate(model)
+    assert best["val_accuracy"] == 1.0 and best["test_accuracy"] == 1.0 and best["selected_eval"] == 4
+    assert reads == ["val", "test", "val", "val", "test", "val", "test"]

@@ -109,6 +109,10 @@ class FormalLanguageTask(_AnswerTask):
         eval_batch_size: test samples per forward pass.
         length_bins: edges of the test-length bins reported by :meth:`evaluate` in :attr:`last_eval`.
         train_lengths: ``(min, max)`` input lengths of the training batches (the paper's 3-40).
+        select: ``"last"``: :meth:`evaluate` reports the model as it is; ``"best_val"`` (needs a
+            validation set): it reports the test metrics of the evaluation with the best validation
+            accuracy so far (the later one on a tie), SLiCE's protocol; with evaluations during
+            training (the engine's ``eval_every``) the last one is then the selected checkpoint's.
 
     A batch is ``(ids, targets)``, both ``(rows, width)`` int64, ``width`` the longest sample of the
     step's global batch plus its answer; targets are -100 except at the answer tokens.
@@ -119,7 +123,7 @@ class FormalLanguageTask(_AnswerTask):
     def __init__(self, task: str | formal.FormalTask, *, num_test: int = 1024, test_seed: int = 0,
                  num_val: int = 0, val_seed: int = 1, eval_batch_size: int = 256,
                  length_bins: tuple[int, ...] = DEFAULT_LENGTH_BINS,
-                 train_lengths: tuple[int, int] | None = None):
+                 train_lengths: tuple[int, int] | None = None, select: str = "last"):
         self.task = formal.get_task(task)
         _check_int(num_test, "num_test", 1)
         _check_int(test_seed, "test_seed", 0)
@@ -135,7 +139,14 @@ class FormalLanguageTask(_AnswerTask):
         self.num_val, self.val_seed = num_val, val_seed
         self.test_set = formal.fixed_set(self.task, "test", num_test, seed=test_seed)
         self.val_set = formal.fixed_set(self.task, "test", num_val, seed=val_seed) if num_val else None
+        if select not in ("last", "best_val"):
+            raise ValueError(f"select must be 'last' or 'best_val', got {select!r}")
+        if select == "best_val" and not num_val:
+            raise ValueError("select='best_val' needs a validation set (num_val > 0)")
+        self.select = select
         self.last_eval: dict | None = None
+        self._best: tuple[float, dict, dict] | None = None  # (val accuracy, metrics, last_eval) so far
+        self._evaluations = 0
 
     @property
     def chance(self) -> float:
@@ -153,11 +164,18 @@ class FormalLanguageTask(_AnswerTask):
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
         """``test_accuracy`` (raw share of right answers on the fixed test set), ``test_scaled_accuracy``
-        and, with a validation set, ``val_accuracy``; per-bin test accuracies go to :attr:`last_eval`."""
+        and, with a validation set, ``val_accuracy``; per-bin test accuracies go to :attr:`last_eval`.
+        With ``select="best_val"``: the metrics of the best evaluation so far (see the class), plus
+        ``selected_eval`` (which evaluation, counting from 1) and ``val_accuracy_now``."""
         was_training = model.training
         model.eval()
-        correct = self._correct(model, self.test_set)
         val = self._correct(model, self.val_set).float().mean().item() if self.val_set is not None else None
+        self._evaluations += 1
+        if self.select == "best_val" and self._best is not None and val < self._best[0]:
+            model.train(was_training)  # not better: the test set is not even read
+            best_val, out, self.last_eval = self._best
+            return {**out, "val_accuracy_now": val}
+        correct = self._correct(model, self.test_set)
         model.train(was_training)
         acc = correct.float().mean().item()
         lengths = self.test_set.lengths
@@ -171,6 +189,10 @@ class FormalLanguageTask(_AnswerTask):
         out = {"test_accuracy": acc, "test_scaled_accuracy": self.last_eval["scaled_accuracy"]}
         if val is not None:
             out["val_accuracy"] = val
+        if self.select == "best_val":
+            out["selected_eval"] = self._evaluations
+            self._best = (val, out, self.last_eval)
+            return {**out, "val_accuracy_now": val}
         return out
 
     def _correct(self, model, data: formal.Batch) -> torch.Tensor:
@@ -199,7 +221,7 @@ class FormalLanguageTask(_AnswerTask):
     def config(self) -> dict:
         return {"task": self.name, "language": self.task.name, "train_lengths": list(self.train_lengths),
                 "num_test": self.num_test, "test_seed": self.test_seed, "num_val": self.num_val,
-                "val_seed": self.val_seed}
+                "val_seed": self.val_seed, "select": self.select}
 
 
 # --------------------------------------------------------------------------------------------------
