@@ -130,3 +130,16 @@ def test_falls_back_to_the_torch_step(why, monkeypatch):
         else:
             stack.step(x, state)
     assert not ran
+
+
+def test_switch_batch_and_env_take_effect_after_fused_steps(monkeypatch):
+    """What can change between calls is checked on every call, not only on the first."""
+    stack = _stack(CONFIGS["biases, swish FFN"])
+    _run(stack, torch.randn(2, 1, D), True)  # the fused path ran and its decision is cached
+    ran = []
+    monkeypatch.setattr("xlram.kernels.numba_step.mlstm_block_step", lambda *a: ran.append(1))
+    _run(stack, torch.randn(2, 1, D), False)
+    _run(stack, torch.randn(2, fused_step.MAX_ROWS + 1, D), True)
+    monkeypatch.setenv("XLRAM_NUMBA", "0")
+    _run(stack, torch.randn(2, 1, D), True)
+    assert not ran

@@ -28,8 +28,8 @@ from xlram.ops import numba_kernels
 
 _DTYPES = (torch.float32, torch.float64)
 # Largest batch the fused step takes. Its matmuls are one GEMV per row (``numba_step._linear``); on the
-# 2-core EPYC the whole step of the 3.5M-parameter LM took 5.8 ms against the torch step's 8.2 at
-# batch 16, and 21 against 14 ms at batch 32.
+# 2-core EPYC the step of the 3.5M-parameter LM took 5.50 ms against the torch step's 6.97 at batch 16
+# (`xlram bench step`), and 21 against 14 ms at batch 32.
 MAX_ROWS = 16
 
 # Parameters registered on any module so far: walking a stack's parameters costs ~0.1 ms, so a
@@ -164,6 +164,9 @@ class FusedStep:
         self._args = args
 
     def _applies(self, x: torch.Tensor) -> bool:
+        # What may change from call to call is checked on every call; the rest once per key.
+        if not self.stack.fused_step or x.shape[0] > MAX_ROWS or not numba_kernels.enabled():
+            return False
         key = (x.dtype, x.device, self.stack.training)
         if key not in self._decisions:
             ok = unsupported(self.stack, x) is None

@@ -1,7 +1,8 @@
 """One inference step of an mLSTM or sLSTM block as a single numba function (CPU, fp32 or fp64).
 
-The torch step of a block is some forty small kernels; at batch 1 their dispatch costs more than the
-arithmetic (the matmuls read ~1.6 MiB of weights per block, ~25 µs from the L3 cache). Here every
+The torch step is dozens of small kernels per block; at batch 1 their dispatch costs more than the
+arithmetic (3.8 ms for the whole step of the 3.5M-parameter LM, of which its matmuls alone took 0.34
+ms; measured). Here every
 block step is one call: the matmuls go to BLAS through ``np.dot`` (scipy's OpenBLAS), everything
 elementwise runs in plain loops, and the recurrent state is updated in place.
 

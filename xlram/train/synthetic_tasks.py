@@ -173,7 +173,7 @@ class FormalLanguageTask(_AnswerTask):
         self._evaluations += 1
         if self.select == "best_val" and self._best is not None and val < self._best[0]:
             model.train(was_training)  # not better: the test set is not even read
-            best_val, out, self.last_eval = self._best
+            _, out, self.last_eval = self._best
             return {**out, "val_accuracy_now": val}
         correct = self._correct(model, self.test_set)
         model.train(was_training)
