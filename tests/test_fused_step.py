@@ -52,7 +52,7 @@ def _assert_same(a, b, tol):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 5, 13])
 def test_fused_step_equals_torch_step(name, batch):
     stack = _stack(CONFIGS[name])
     xs = torch.randn(12, batch, D)

@@ -31,6 +31,13 @@ _DTYPES = (torch.float32, torch.float64)
 # 2-core EPYC the step of the 3.5M-parameter LM took 5.50 ms against the torch step's 6.97 at batch 16
 # (`xlram bench step`), and 21 against 14 ms at batch 32.
 MAX_ROWS = 16
+# From this batch on, the projections run as torch matmuls (MKL's sgemm reads each weight once for all
+# rows) between numba calls for the rest of each block; below it, per-row GEMVs inside the numba call.
+# One thread, (B, 256) x (256, 1024): GEMVs against torch.mm 49 against 49 µs at B=4, 98 against 69 at
+# B=8, 196 against 109 at B=16; but splitting each block into two numba calls costs too, and for the
+# whole step of the 3.5M-parameter LM (medians of 8 rounds of 20 steps): B=8 3.14 ms with torch
+# matmuls against 2.89 without, B=10 4.18 against 4.21, B=12 5.09 against 5.37, B=16 5.16 against 5.41.
+GEMM_ROWS = 12
 
 # Parameters registered on any module so far: walking a stack's parameters costs ~0.1 ms, so a
 # FusedStep keeps its list and walks again only after a registration (a replaced parameter).
@@ -139,6 +146,7 @@ class FusedStep:
         self._ptrs: tuple = ()
         self._registered, self._params = -1, []
         self._args: list = []
+        self._linears: list = []  # per block: the torch weights and biases of its two projections
         self._post = None
         self._decisions: dict = {}
         self._state_key, self._state_views = None, None
@@ -162,6 +170,10 @@ class FusedStep:
         self._post = None if isinstance(post, torch.nn.Identity) else (
             _np(post.weight, dt), _np(post.bias, dt), post.eps)
         self._args = args
+        self._linears = [(b.layer.proj_up, b.layer.proj_down) if isinstance(b, MLSTMBlock)
+                         else (b.ffn.proj_up, b.ffn.proj_down) for b in self.stack.blocks]
+        self._linears = [tuple((lin.weight.detach(), None if lin.bias is None else lin.bias.detach())
+                               for lin in pair) for pair in self._linears]
 
     def _applies(self, x: torch.Tensor) -> bool:
         # What may change from call to call is checked on every call; the rest once per key.
@@ -198,14 +210,41 @@ class FusedStep:
         views = self._states(state, x.dtype)
         if views is None:
             return None
-        y = x.detach().contiguous().clone().numpy()  # (B, D), updated block by block
-        for (kind, (a, b, c)), s in zip(self._args, views, strict=True):
-            if kind == "mlstm":
-                conv, C, n, m = s
-                k.mlstm_block_step(y, *a, conv, *b, C, n, m, *c)
-            else:
-                conv, h, cs, n, m = s
-                k.slstm_block_step(y, *a, conv, *b, h, cs, n, m, *c)
+        y_t = x.detach().contiguous().clone()
+        y = y_t.numpy()  # (B, D), updated block by block
+        if x.shape[0] >= GEMM_ROWS:
+            self._run_with_torch_matmuls(y, y_t, views)
+        else:
+            for (kind, (a, b, c)), s in zip(self._args, views, strict=True):
+                if kind == "mlstm":
+                    conv, C, n, m = s
+                    k.mlstm_block_step(y, *a, conv, *b, C, n, m, *c)
+                else:
+                    conv, h, cs, n, m = s
+                    k.slstm_block_step(y, *a, conv, *b, h, cs, n, m, *c)
         if self._post is not None:
             k.layer_norm_(y, *self._post)
-        return torch.from_numpy(y)
+        return y_t
+
+    def _run_with_torch_matmuls(self, y, y_t, views) -> None:
+        """The blocks with their two projections as torch matmuls (``GEMM_ROWS``); y and y_t share memory."""
+        from xlram.kernels import numba_step as k
+
+        def project(inp, w, b):  # (B, in) numpy -> (B, out) numpy, through torch's sgemm
+            return torch.nn.functional.linear(torch.from_numpy(inp), w, b).numpy()
+
+        def add_projection(inp, w, b):  # y += inp @ wᵀ + b in place
+            y_t.addmm_(torch.from_numpy(inp), w.t())
+            if b is not None:
+                y_t.add_(b)
+
+        for (kind, (a, b, c)), s, ((up_w, up_b), (down_w, down_b)) in zip(
+                self._args, views, self._linears, strict=True):
+            if kind == "mlstm":
+                conv, C, n, m = s
+                up = project(k.layer_norm(y, a[0], a[1], a[2]), up_w, up_b)
+                add_projection(k.mlstm_mid(up, a[5], a[6], conv, *b, C, n, m, *c[:4], c[6]), down_w, down_b)
+            else:
+                conv, h, cs, n, m = s
+                xn = k.slstm_pre(y, *a, conv, *b, h, cs, n, m, *c[:7])
+                add_projection(k.gated_act(project(xn, up_w, up_b), c[9]), down_w, down_b)

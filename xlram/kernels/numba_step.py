@@ -104,6 +104,18 @@ def _headwise(x, w, b):
     if i >= 16:  # big blocks: one BLAS call per head on a contiguous copy of its inputs
         for h in range(nh):
             y[:, h * o:(h + 1) * o] = np.dot(np.ascontiguousarray(x[:, h * i:(h + 1) * i]), w[h].T)
+    elif B >= 4:  # channel-major: each multiply-add is one vector over the rows
+        xt = np.ascontiguousarray(x.T)  # (NH*i, B)
+        yt = np.zeros((nh * o, B), dtype=x.dtype)
+        for h in range(nh):
+            for p in range(o):
+                yr = yt[h * o + p]
+                for q in range(i):
+                    wv = w[h, p, q]
+                    xr = xt[h * i + q]
+                    for r in range(B):
+                        yr[r] += wv * xr[r]
+        y[:, :] = yt.T
     else:
         for r in range(B):
             for h in range(nh):
@@ -170,28 +182,24 @@ def _memory_update(C, n, decay, kig, v, qs):
 
 
 @_jit
-def mlstm_block_step(x, norm_w, norm_b, norm_eps, up_w, up_b, conv_w, conv_b, conv_state,
-                     q_w, q_b, k_w, k_b, v_w, v_b, i_w, i_b, f_w, f_b, C, n, m,
-                     out_w, out_b, out_eps, skip, down_w, down_b, eps):  # pragma: no cover - compiled
-    """``x += MLSTMLayer(LayerNorm(x))`` for one step, the cell state (C, n, m) and conv state in place.
-
-    up_w (2 Di, D); conv_w (Di, K) or (Di, 0); q/k/v_w (Di/bs, bs, bs); i_w, f_w (NH, 3 Di);
-    out_w (Di,) the per-head norm's weight; skip (Di,); down_w (D, Di).
-    """
-    B = x.shape[0]
-    Di = down_w.shape[1]
+def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w, i_b, f_w, f_b, C, n, m,
+              out_w, out_b, out_eps, skip, eps):  # pragma: no cover - compiled
+    """The mLSTM layer between its two projections: from ``up = proj_up(LayerNorm(x))`` (B, 2 Di), the
+    conv, q/k/v, gates, the cell step (C, n, m and the conv state in place), the per-head norm, skip
+    and output gate; returns proj_down's input (B, Di)."""
+    B = up.shape[0]
+    Di = up.shape[1] // 2
     NH, DH = C.shape[1], C.shape[2]
-    up = _linear(_layer_norm(x, norm_w, norm_b, norm_eps), up_w, up_b)  # (B, 2 Di)
     x_m = np.ascontiguousarray(up[:, :Di])
     x_c = _conv_step(x_m, conv_w, conv_b, conv_state) if conv_w.shape[1] else x_m
-    qkv = np.empty((B, 3 * Di), dtype=x.dtype)
+    qkv = np.empty((B, 3 * Di), dtype=up.dtype)
     qkv[:, :Di] = _headwise(x_c, q_w, q_b)
     qkv[:, Di:2 * Di] = _headwise(x_c, k_w, k_b)
     qkv[:, 2 * Di:] = _headwise(x_m, v_w, v_b)
     ig = _linear(qkv, i_w, i_b)  # (B, NH)
     fg = _linear(qkv, f_w, f_b)
     scale = 1.0 / math.sqrt(DH)
-    hid = np.empty((B, Di), dtype=x.dtype)
+    hid = np.empty((B, Di), dtype=up.dtype)
     kig = np.empty(DH, dtype=C.dtype)  # scalars and rows in the state's dtype, so the inner loop of
     qs = np.empty(DH, dtype=C.dtype)  # the update vectorises without conversions
     decay = np.empty(1, dtype=C.dtype)
@@ -216,6 +224,21 @@ def mlstm_block_step(x, norm_w, norm_b, norm_eps, up_w, up_b, conv_w, conv_b, co
     for r in range(B):
         for j in range(Di):
             hid[r, j] = (hid[r, j] + skip[j] * x_c[r, j]) * _silu(up[r, Di + j])
+    return hid
+
+
+@_jit
+def mlstm_block_step(x, norm_w, norm_b, norm_eps, up_w, up_b, conv_w, conv_b, conv_state,
+                     q_w, q_b, k_w, k_b, v_w, v_b, i_w, i_b, f_w, f_b, C, n, m,
+                     out_w, out_b, out_eps, skip, down_w, down_b, eps):  # pragma: no cover - compiled
+    """``x += MLSTMLayer(LayerNorm(x))`` for one step, the cell state (C, n, m) and conv state in place.
+
+    up_w (2 Di, D); conv_w (Di, K) or (Di, 0); q/k/v_w (Di/bs, bs, bs); i_w, f_w (NH, 3 Di);
+    out_w (Di,) the per-head norm's weight; skip (Di,); down_w (D, Di).
+    """
+    up = _linear(_layer_norm(x, norm_w, norm_b, norm_eps), up_w, up_b)  # (B, 2 Di)
+    hid = mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w, i_b, f_w, f_b,
+                    C, n, m, out_w, out_b, out_eps, skip, eps)
     x += _linear(hid, down_w, down_b)
 
 
@@ -229,15 +252,14 @@ def _ffn_act(x, code):
 
 
 @_jit
-def slstm_block_step(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
-                     h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps,
-                     ffn_norm_w, ffn_norm_b, ffn_norm_eps, ffn_up_w, ffn_up_b, act, ffn_down_w,
-                     ffn_down_b):  # pragma: no cover - compiled
-    """``x += SLSTMLayer(LayerNorm(x))`` then ``x += GatedFFN(LayerNorm(x))`` for one step; the cell
-    state (h, c, n, m) and the conv state in place.
+def slstm_pre(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
+              h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps, ffn_norm_w, ffn_norm_b,
+              ffn_norm_eps):  # pragma: no cover - compiled
+    """``x += SLSTMLayer(LayerNorm(x))`` for one step (the cell state (h, c, n, m) and the conv state in
+    place); returns the FFN's input ``LayerNorm(x)`` (B, D).
 
     i/f/z/o_w (NH, DH, DH) headwise gate maps; R (NH, DH, 4 DH) recurrent weights, columns (gate, j);
-    bias (4, NH, DH); out_w/out_b the per-head norm's; ffn_up_w (2 Dff, D), ffn_down_w (D, Dff).
+    bias (4, NH, DH); out_w/out_b the per-head norm's.
     """
     B, D = x.shape
     NH, DH = R.shape[0], R.shape[1]
@@ -270,13 +292,39 @@ def slstm_block_step(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_
     h_s[:, :] = y
     _head_norm(y, NH, out_w, out_b, out_eps)
     x += y
-    up = _linear(_layer_norm(x, ffn_norm_w, ffn_norm_b, ffn_norm_eps), ffn_up_w, ffn_up_b)  # (B, 2 Dff)
-    dff = ffn_down_w.shape[1]
-    g = np.empty((B, dff), dtype=x.dtype)
+    return _layer_norm(x, ffn_norm_w, ffn_norm_b, ffn_norm_eps)
+
+
+@_jit
+def gated_act(up, act):  # pragma: no cover - compiled
+    """The gated FFN's middle: up (B, 2 Dff) -> act(up[:, :Dff]) * up[:, Dff:] (B, Dff)."""
+    B = up.shape[0]
+    dff = up.shape[1] // 2
+    g = np.empty((B, dff), dtype=up.dtype)
     for r in range(B):
         for j in range(dff):
             g[r, j] = _ffn_act(up[r, j], act) * up[r, dff + j]
+    return g
+
+
+@_jit
+def slstm_block_step(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
+                     h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps,
+                     ffn_norm_w, ffn_norm_b, ffn_norm_eps, ffn_up_w, ffn_up_b, act, ffn_down_w,
+                     ffn_down_b):  # pragma: no cover - compiled
+    """``x += SLSTMLayer(LayerNorm(x))`` then ``x += GatedFFN(LayerNorm(x))`` for one step (see
+    ``slstm_pre``); ffn_up_w (2 Dff, D), ffn_down_w (D, Dff)."""
+    xn = slstm_pre(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
+                   h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps, ffn_norm_w, ffn_norm_b,
+                   ffn_norm_eps)
+    g = gated_act(_linear(xn, ffn_up_w, ffn_up_b), act)
     x += _linear(g, ffn_down_w, ffn_down_b)
+
+
+@_jit
+def layer_norm(x, w, b, eps):  # pragma: no cover - compiled
+    """LayerNorm(x (B, D)) as a new array."""
+    return _layer_norm(x, w, b, eps)
 
 
 @_jit

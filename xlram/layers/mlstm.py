@@ -21,7 +21,8 @@ from torch import nn
 
 from xlram.nn import CausalConv1d, HeadwiseLinear, HeadwiseNorm, round_up, small_init_, wang_init_
 from xlram.nn.linear import _grouped, _GroupedLinear
-from xlram.ops.mlstm import MLSTMState, mlstm, mlstm_step, zero_state
+from xlram.ops import headwise
+from xlram.ops.mlstm import MLSTMState, mlstm, mlstm_step, output_cpu, zero_state
 from xlram.ops.mlstm.dispatch import choose_chunk
 from xlram.ops.mlstm.recurrent import mlstm_step_
 
@@ -161,24 +162,43 @@ class MLSTMLayer(nn.Module):
     def _gates(self, x_c, x_m):
         """q, k, v (..., Di) and the gate pre-activations i, f (..., NH)."""
         (q, k), v = self._qk(x_c), self.v_proj(x_m)
-        # Both gates in one matmul: half the calls, and no sum of two input gradients.
-        w = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3 Di)
-        b = torch.cat([self.igate.bias, self.fgate.bias])
         if x_c.numel() < _FOLD_ROWS * self.inner_dim:
+            w = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3 Di): both gates in one matmul
+            b = torch.cat([self.igate.bias, self.fgate.bias])
             gates = F.linear(torch.cat([q, k, v], dim=-1), w, b)
         else:
-            # Over many rows, fold the gates into the q/k/v maps: gates = Wc x_c + Wm x_m + b', with
-            # (2 NH, Di) matrices made from the weights. No (..., 3 Di) concatenation either way, and
-            # the gradient matmuls have Di columns instead of 3 Di (with only 2 NH rows, they run at
-            # memory speed, so their size is their cost).
-            wq, wk, wv = w.split(self.inner_dim, dim=1)
-            (cq, bq), (ck, bk), (cv, bv) = self.q_proj.fold(wq), self.k_proj.fold(wk), self.v_proj.fold(wv)
-            for extra in (bq, bk, bv):
-                b = b if extra is None else b + extra
-            gates = torch.addmm(b, x_c.reshape(-1, self.inner_dim), (cq + ck).t())
-            gates = gates.addmm_(x_m.reshape(-1, self.inner_dim), cv.t()).view(*x_c.shape[:-1], -1)
+            gates = self._folded_gates(x_c, x_m)
         i, f = gates.split(self.num_heads, dim=-1)
         return q, k, v, i, f
+
+    def _folded_gates(self, x_c, x_m):
+        """Both gates' pre-activations (..., 2 NH) from x_c and x_m, the gate weights folded into the
+        q/k/v maps: gates = Wc x_c + Wm x_m + b', with (2 NH, Di) matrices made from the weights. No
+        (..., 3 Di) concatenation of q, k, v, and the gradient matmuls have Di columns instead of 3 Di
+        (with only 2 NH rows, they run at memory speed, so their size is their cost)."""
+        w = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3 Di)
+        b = torch.cat([self.igate.bias, self.fgate.bias])
+        wq, wk, wv = w.split(self.inner_dim, dim=1)
+        (cq, bq), (ck, bk), (cv, bv) = self.q_proj.fold(wq), self.k_proj.fold(wk), self.v_proj.fold(wv)
+        for extra in (bq, bk, bv):
+            b = b if extra is None else b + extra
+        gates = torch.addmm(b, x_c.reshape(-1, self.inner_dim), (cq + ck).t())
+        return gates.addmm_(x_m.reshape(-1, self.inner_dim), cv.t()).view(*x_c.shape[:-1], -1)
+
+    def _heads_qkv(self, x_c, x_m):
+        """q, k, v (B, NH, S, DH) straight from the numba block-diagonal maps (no transposing copies),
+        or None where they do not apply (then ``_gates`` and a transpose; also under torch.compile,
+        which cannot trace numba and fuses the torch form itself)."""
+        qp, kp, vp = self.q_proj, self.k_proj, self.v_proj
+        if x_c.shape[0] * x_c.shape[1] < _FOLD_ROWS or torch.compiler.is_compiling():
+            return None
+        wqk, wv, DH = torch.stack([qp.weight, kp.weight]), vp.weight[None], self.head_dim
+        if not (headwise.applies(x_c, wqk, DH) and headwise.applies(x_m, wv, DH)):
+            return None
+        (q, k), (v,) = headwise.headwise_heads(x_c, wqk, DH), headwise.headwise_heads(x_m, wv, DH)
+        heads = lambda b: b.view(self.num_heads, 1, self.head_dim)
+        q, k, v = (t if p.bias is None else t + heads(p.bias) for t, p in ((q, qp), (k, kp), (v, vp)))
+        return q, k, v
 
     def _out(self, h, x_c, z):
         """Per-head norm, learnable skip, output gate and down-projection. h, x_c, z: (..., Di)."""
@@ -194,13 +214,26 @@ class MLSTMLayer(nn.Module):
             state = self.init_state(B, device=x.device, dtype=x.dtype)
         x_m, z = self.proj_up(x).split(self.inner_dim, dim=-1)  # (B, S, Di) each
         x_c, conv_state = self._conv(x_m, state.conv, step=False)
-        q, k, v, i, f = self._gates(x_c, x_m)
-        heads = lambda t: t.view(B, S, NH, DH).transpose(1, 2)  # (B, NH, S, DH)
+        qkv = self._heads_qkv(x_c, x_m)
+        if qkv is None:
+            q, k, v, i, f = self._gates(x_c, x_m)
+            heads = lambda t: t.view(B, S, NH, DH).transpose(1, 2)  # (B, NH, S, DH)
+            q, k, v = heads(q), heads(k), heads(v)
+        else:
+            q, k, v = qkv
+            i, f = self._folded_gates(x_c, x_m).split(NH, dim=-1)
         chunk_size = self.chunk_size or choose_chunk(S, DH, DH)
         h, cell = mlstm(
-            heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state.cell,
+            q, k, v, i.transpose(1, 2), f.transpose(1, 2), state.cell,
             form=self.form, chunk_size=chunk_size, eps=self.eps,
         )  # h (B, NH, S, DH)
+        norm = self.outnorm
+        if B * S >= _FOLD_ROWS and not torch.compiler.is_compiling() and output_cpu.applies(
+                h, x_c, z, norm.weight, norm.bias, self.learnable_skip):
+            # one numba pass each way, reading h head-major (``output_cpu``); the same function as _out
+            y = output_cpu.fused_output(h, x_c, F.silu(z), norm.weight, norm.bias, self.learnable_skip,
+                                        norm.eps)
+            return self.dropout(self.proj_down(y)), MLSTMLayerState(cell, conv_state)
         h = h.transpose(1, 2).reshape(B, S, self.inner_dim)
         return self._out(h, x_c, z), MLSTMLayerState(cell, conv_state)
 

@@ -210,8 +210,9 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     dk_.addcmul_(T1, e[..., None])
     del T1
     _baddbmm(dv_, k_c * e[..., None], dCn)
-    # gradient of g + m_c - m_{c+1} (vecdot: no (B, H, NC, dk, dv) temporary)
-    s0 = torch.linalg.vecdot(dCn.flatten(-2), Cst.flatten(-2)).add_(torch.linalg.vecdot(dnn, nst)).mul_(wo)
+    # gradient of g + m_c - m_{c+1}; dCn is not needed after this, so the product goes into it
+    # (torch.linalg.vecdot allocates a (B, H, NC, dk, dv) temporary for it)
+    s0 = dCn.mul_(Cst).sum((-2, -1)).add_(torch.linalg.vecdot(dnn, nst)).mul_(wo)
     # <dC_{c+1}, C_{c+1}> + <dn_{c+1}, n_{c+1}> = s0 + sum_j e_j (k_j·(dC v_j + dn)) = s0 + sum_j da_j
     s1 = s0 + da.sum(-1)
     # Stabilisers back through the chunks: T_c, the gradient reaching m_c, is
