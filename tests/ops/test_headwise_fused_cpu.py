@@ -41,6 +41,31 @@ def test_values_and_gradients_equal_the_block_einsum(dtype, M, bs, C, seg):
         assert (a - b).abs().max() <= tol * max(1.0, b.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [f64, torch.float32])
+@pytest.mark.parametrize("G", [1, 8])
+def test_the_dense_side_output(dtype, G):
+    """``side``: x @ sideᵀ from the same pass, with the block outputs; values and every gradient."""
+    g = torch.Generator().manual_seed(G)
+    x = torch.randn(2, 9, 32, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(2, 8, 4, 4, generator=g, dtype=dtype, requires_grad=True)
+    side = torch.randn(G, 32, generator=g, dtype=dtype, requires_grad=True)
+    q, k, gates = headwise.headwise_heads(x, w, 16, side)
+    refs = (*_reference(x, w, 16), x @ side.t())
+    tol = 1e-12 if dtype == f64 else 2e-5
+    assert gates.shape == (2, 9, G)
+    for y, r in zip((q, k, gates), refs, strict=True):
+        assert (y - r).abs().max() <= tol * max(1.0, r.abs().max().item())
+    ds = [torch.randn(y.shape, generator=g, dtype=dtype) for y in (q, k, gates)]
+    got = torch.autograd.grad((q, k, gates), (x, w, side), ds, retain_graph=True)
+    want = torch.autograd.grad(refs, (x, w, side), ds, retain_graph=True)
+    for a, b in zip(got, want, strict=True):
+        assert (a - b).abs().max() <= tol * max(1.0, b.abs().max().item())
+    only_side = torch.autograd.grad(gates, (x, side), ds[2])  # the block outputs unused
+    want_side = torch.autograd.grad(refs[2], (x, side), ds[2])
+    for a, b in zip(only_side, want_side, strict=True):
+        assert (a - b).abs().max() <= tol * max(1.0, b.abs().max().item())
+
+
 def test_an_unused_output_and_a_transposed_gradient():
     """Only k is used (q's gradient is None), and k's gradient arrives non-contiguous."""
     g = torch.Generator().manual_seed(1)
@@ -59,7 +84,9 @@ def test_gradcheck():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 8, generator=g, dtype=f64, requires_grad=True)
     w = torch.randn(2, 2, 4, 4, generator=g, dtype=f64, requires_grad=True)
+    side = torch.randn(3, 8, generator=g, dtype=f64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: headwise.headwise_heads(a, b, 4), (x, w))
+    assert torch.autograd.gradcheck(lambda a, b, c: headwise.headwise_heads(a, b, 4, c), (x, w, side))
 
 
 def test_applies_only_where_the_kernel_is_right(monkeypatch):

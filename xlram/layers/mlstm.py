@@ -171,34 +171,43 @@ class MLSTMLayer(nn.Module):
         i, f = gates.split(self.num_heads, dim=-1)
         return q, k, v, i, f
 
-    def _folded_gates(self, x_c, x_m):
-        """Both gates' pre-activations (..., 2 NH) from x_c and x_m, the gate weights folded into the
-        q/k/v maps: gates = Wc x_c + Wm x_m + b', with (2 NH, Di) matrices made from the weights. No
-        (..., 3 Di) concatenation of q, k, v, and the gradient matmuls have Di columns instead of 3 Di
-        (with only 2 NH rows, they run at memory speed, so their size is their cost)."""
+    def _gate_folds(self):
+        """The gate pre-activations as maps of x_c and x_m: ``gates = Wc x_c + Wm x_m + b'`` with
+        (2 NH, Di) matrices folded from the gate and q/k/v weights. Returns (Wc, Wm, b')."""
         w = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3 Di)
         b = torch.cat([self.igate.bias, self.fgate.bias])
         wq, wk, wv = w.split(self.inner_dim, dim=1)
         (cq, bq), (ck, bk), (cv, bv) = self.q_proj.fold(wq), self.k_proj.fold(wk), self.v_proj.fold(wv)
         for extra in (bq, bk, bv):
             b = b if extra is None else b + extra
-        gates = torch.addmm(b, x_c.reshape(-1, self.inner_dim), (cq + ck).t())
-        return gates.addmm_(x_m.reshape(-1, self.inner_dim), cv.t()).view(*x_c.shape[:-1], -1)
+        return cq + ck, cv, b
+
+    def _folded_gates(self, x_c, x_m):
+        """Both gates' pre-activations (..., 2 NH) from x_c and x_m through :meth:`_gate_folds`: no
+        (..., 3 Di) concatenation of q, k, v, and the gradient matmuls have Di columns instead of 3 Di
+        (with only 2 NH rows, they run at memory speed, so their size is their cost)."""
+        wc, wm, b = self._gate_folds()
+        gates = torch.addmm(b, x_c.reshape(-1, self.inner_dim), wc.t())
+        return gates.addmm_(x_m.reshape(-1, self.inner_dim), wm.t()).view(*x_c.shape[:-1], -1)
 
     def _heads_qkv(self, x_c, x_m):
-        """q, k, v (B, NH, S, DH) straight from the numba block-diagonal maps (no transposing copies),
-        or None where they do not apply (then ``_gates`` and a transpose; also under torch.compile,
-        which cannot trace numba and fuses the torch form itself)."""
+        """q, k, v (B, NH, S, DH) and the gate pre-activations (B, S, 2 NH) straight from the numba
+        block-diagonal maps, which write q/k/v in the cell's layout (no transposing copies) and compute
+        the folded gates in the same pass over x_c and x_m; or None where they do not apply (then
+        ``_gates`` and a transpose; also under torch.compile, which cannot trace numba and fuses the
+        torch form itself)."""
         qp, kp, vp = self.q_proj, self.k_proj, self.v_proj
         if x_c.shape[0] * x_c.shape[1] < _FOLD_ROWS or torch.compiler.is_compiling():
             return None
         wqk, wv, DH = torch.stack([qp.weight, kp.weight]), vp.weight[None], self.head_dim
         if not (headwise.applies(x_c, wqk, DH) and headwise.applies(x_m, wv, DH)):
             return None
-        (q, k), (v,) = headwise.headwise_heads(x_c, wqk, DH), headwise.headwise_heads(x_m, wv, DH)
+        wc, wm, b = self._gate_folds()
+        q, k, g_c = headwise.headwise_heads(x_c, wqk, DH, wc)
+        v, g_m = headwise.headwise_heads(x_m, wv, DH, wm)
         heads = lambda b: b.view(self.num_heads, 1, self.head_dim)
         q, k, v = (t if p.bias is None else t + heads(p.bias) for t, p in ((q, qp), (k, kp), (v, vp)))
-        return q, k, v
+        return q, k, v, g_c + g_m + b
 
     def _out(self, h, x_c, z):
         """Per-head norm, learnable skip, output gate and down-projection. h, x_c, z: (..., Di)."""
@@ -220,8 +229,8 @@ class MLSTMLayer(nn.Module):
             heads = lambda t: t.view(B, S, NH, DH).transpose(1, 2)  # (B, NH, S, DH)
             q, k, v = heads(q), heads(k), heads(v)
         else:
-            q, k, v = qkv
-            i, f = self._folded_gates(x_c, x_m).split(NH, dim=-1)
+            q, k, v, gates = qkv
+            i, f = gates.split(NH, dim=-1)
         chunk_size = self.chunk_size or choose_chunk(S, DH, DH)
         h, cell = mlstm(
             q, k, v, i.transpose(1, 2), f.transpose(1, 2), state.cell,

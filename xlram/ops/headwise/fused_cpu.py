@@ -57,6 +57,14 @@ def _build():
                     for q in range(bs):
                         out[m, h, p, q] = dwd[m, q - p + bs - 1, h * bs + p]
 
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def _dot(a, b):  # pragma: no cover - compiled
+        """a · b in a's dtype, summed in any order (so that it vectorises)."""
+        t = a.dtype.type(0)
+        for c in range(a.shape[0]):
+            t += a[c] * b[c]
+        return t
+
     @jit
     def _diagonal_sum(w, xp, acc):  # pragma: no cover - compiled
         """acc (C) <- sum_di w[di] * xp[di:di + C]: y[c] = sum_d w[d, c] x[c + d] on a padded row."""
@@ -70,10 +78,11 @@ def _build():
                 acc[c] += wr[c] * xs[c]
 
     @jit
-    def forward(x, wd, y0, y1):  # pragma: no cover - compiled
+    def forward(x, wd, y0, y1, wg, side):  # pragma: no cover - compiled
         """x (B, S, C); wd (M, 2 bs - 1, C), M <= 2; y0, y1 (B, NSEG, S, SEG) the outputs of weight
-        sets 0 and 1 (y1 unused when M = 1). Each row of x is copied into a zero-padded buffer, so every
-        diagonal is one multiply-add over the whole row (long loops; the padding meets zero weights)."""
+        sets 0 and 1 (y1 unused when M = 1); side (B, S, G) <- x wgᵀ for a dense wg (G, C), G >= 0.
+        Each row of x is copied into a zero-padded buffer, so every diagonal is one multiply-add over
+        the whole row (long loops; the padding meets zero weights)."""
         B, S, C = x.shape
         M, ND, _ = wd.shape
         NSEG, SEG = y0.shape[1], y0.shape[3]
@@ -82,22 +91,27 @@ def _build():
         acc = np.empty(C, dtype=x.dtype)
         for b in range(B):
             for s in range(S):
-                xp[mid:mid + C] = x[b, s]
+                xr = x[b, s]
+                xp[mid:mid + C] = xr
                 for m in range(M):
                     _diagonal_sum(wd[m], xp, acc)
                     y = y0 if m == 0 else y1
                     for g in range(NSEG):
                         y[b, g, s, :] = acc[g * SEG:(g + 1) * SEG]
+                for j in range(wg.shape[0]):
+                    side[b, s, j] = _dot(wg[j], xr)
 
     @jit
-    def backward(x, wd, wdt, dy0, dy1, dx, dwd):  # pragma: no cover - compiled
-        """Gradients for ``forward``: dy0, dy1 (B, NSEG, S, SEG) -> dx (B, S, C), dwd (M, 2 bs - 1, C).
-        wdt: the diagonals of the transposed blocks (dx is the forward map with wᵀ)."""
+    def backward(x, wd, wdt, dy0, dy1, dx, dwd, wg, dside, dwg):  # pragma: no cover - compiled
+        """Gradients for ``forward``: dy0, dy1 (B, NSEG, S, SEG), dside (B, S, G) -> dx (B, S, C),
+        dwd (M, 2 bs - 1, C), dwg (G, C). wdt: the diagonals of the transposed blocks (dx is the
+        forward map with wᵀ)."""
         B, S, C = x.shape
         M, ND, _ = wd.shape
         NSEG, SEG = dy0.shape[1], dy0.shape[3]
         mid = (ND - 1) // 2
         dwd[:] = 0
+        dwg[:] = 0
         xp = np.zeros(C + 2 * mid, dtype=x.dtype)
         dyp = np.zeros(C + 2 * mid, dtype=x.dtype)
         acc = np.empty(C, dtype=x.dtype)
@@ -120,6 +134,13 @@ def _build():
                         gw, xs = dwd[m, di], xp[di:di + C]
                         for c in range(C):
                             gw[c] += dyr[c] * xs[c]
+                xr = x[b, s]
+                for j in range(wg.shape[0]):
+                    a, wr, gr = dside[b, s, j], wg[j], dwg[j]
+                    for c in range(C):
+                        dxr[c] += a * wr[c]
+                    for c in range(C):
+                        gr[c] += a * xr[c]
 
     return {"diagonals": diagonals, "undiagonals": undiagonals, "forward": forward, "backward": backward,
             "np": np}
@@ -143,10 +164,11 @@ def _np(t: torch.Tensor):
 
 
 class _HeadwiseHeads(torch.autograd.Function):
-    """(x (B, S, C), w (M, NB, bs, bs), seg) -> M outputs (B, C/seg, S, seg); see :func:`headwise_heads`."""
+    """(x (B, S, C), w (M, NB, bs, bs), seg, wg (G, C) or None) -> M outputs (B, C/seg, S, seg), then
+    x wgᵀ (B, S, G) where wg is given; see :func:`headwise_heads`."""
 
     @staticmethod
-    def forward(ctx, x, w, seg):
+    def forward(ctx, x, w, seg, wg):
         k = _KERNELS.get()
         B, S, C = x.shape
         M, _, bs, _ = w.shape
@@ -154,30 +176,37 @@ class _HeadwiseHeads(torch.autograd.Function):
         wd = k["np"].empty((M, 2 * bs - 1, C), dtype=_np(x).dtype)
         k["diagonals"](_np(w.contiguous()), wd)
         ys = [x.new_empty(B, C // seg, S, seg) for _ in range(M)]
-        k["forward"](_np(x), wd, _np(ys[0]), _np(ys[-1]))
-        ctx.save_for_backward(x, w)
-        ctx.wd, ctx.out_shape = wd, ys[0].shape
-        return tuple(ys)
+        wg_ = x.new_empty(0, C) if wg is None else wg.contiguous()
+        side = x.new_empty(B, S, wg_.shape[0])
+        k["forward"](_np(x), wd, _np(ys[0]), _np(ys[-1]), _np(wg_), _np(side))
+        ctx.save_for_backward(x, w, wg_)
+        ctx.wd, ctx.out_shape, ctx.has_side = wd, ys[0].shape, wg is not None
+        return (*ys, side) if wg is not None else tuple(ys)
 
     @staticmethod
-    def backward(ctx, *dys):
+    def backward(ctx, *grads):
         k = _KERNELS.get()
-        x, w = ctx.saved_tensors
+        x, w, wg = ctx.saved_tensors
         wd = ctx.wd
         wdt = k["np"].empty_like(wd)
         k["diagonals"](_np(w.transpose(-1, -2).contiguous()), wdt)
+        dys, dside = (grads[:-1], grads[-1]) if ctx.has_side else (grads, None)
         dys = [x.new_zeros(ctx.out_shape) if d is None else d.contiguous() for d in dys]
+        dside = x.new_zeros(x.shape[0], x.shape[1], wg.shape[0]) if dside is None else dside.contiguous()
         dx = torch.empty_like(x)
         dwd = k["np"].empty_like(wd)
-        k["backward"](_np(x), wd, wdt, _np(dys[0]), _np(dys[-1]), _np(dx), dwd)
+        dwg = torch.empty_like(wg)
+        k["backward"](_np(x), wd, wdt, _np(dys[0]), _np(dys[-1]), _np(dx), dwd, _np(wg), _np(dside), _np(dwg))
         dw = torch.empty_like(w)
         k["undiagonals"](dwd, _np(dw))
-        return dx, dw, None
+        return dx, dw, None, dwg if ctx.has_side else None
 
 
-def headwise_heads(x: torch.Tensor, w: torch.Tensor, seg: int) -> tuple[torch.Tensor, ...]:
+def headwise_heads(x: torch.Tensor, w: torch.Tensor, seg: int,
+                   side: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """``x (B, S, C)`` through M <= 2 block-diagonal maps ``w (M, NB, bs, bs)`` (blocks in
     ``nn.Linear``'s (out, in) layout, NB bs = C), each output head-major: ``(B, C/seg, S, seg)``,
-    i.e. ``y_m.transpose(1, 2).reshape(B, S, C) == x @ blockdiag(w[m])ᵀ``. Differentiable in x and w.
-    Call only where :func:`applies` holds."""
-    return _HeadwiseHeads.apply(x, w, seg)
+    i.e. ``y_m.transpose(1, 2).reshape(B, S, C) == x @ blockdiag(w[m])ᵀ``. With a dense ``side``
+    (G, C), one more output ``x @ sideᵀ`` (B, S, G) from the same pass over x (the mLSTM's gate
+    pre-activations). Differentiable in x, w and side. Call only where :func:`applies` holds."""
+    return _HeadwiseHeads.apply(x, w, seg, side)
