@@ -1,4 +1,6 @@
-"""The inference step of an :class:`~xlram.blocks.XLSTMStack` on CPU as one numba call per block.
+"""The inference step of an :class:`~xlram.blocks.XLSTMStack` on CPU as one numba call per block
+(from ``GEMM_ROWS`` rows on: numba calls around each block's two projections, which run as torch
+matmuls).
 
 :meth:`XLSTMStack.step <xlram.blocks.XLSTMStack.step>` under ``torch.no_grad()`` takes this path by
 itself where it applies (:func:`unsupported` says why not): batch <= ``MAX_ROWS``; CPU; weights,
@@ -9,7 +11,8 @@ function: tests/test_fused_step.py compares outputs and states step by step.
 
 The first fused step of a process compiles the kernels (12 s on the 2-core CPU) or, usually,
 loads them from numba's on-disk cache (under a second). Their matmuls run in scipy's OpenBLAS, whose
-thread count is ``OPENBLAS_NUM_THREADS`` (read when it loads), not torch's.
+thread count is ``OPENBLAS_NUM_THREADS`` (read when it loads), not torch's; the projections from
+``GEMM_ROWS`` rows on run in torch's BLAS.
 
 The kernels (``xlram.kernels.numba_step``) read the parameters through numpy views of their memory,
 made once. In-place updates (an optimiser step, ``load_state_dict``) are seen at once. A parameter
