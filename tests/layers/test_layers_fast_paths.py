@@ -226,3 +226,17 @@ def test_compiled_stack_trains_like_eager():
     g = torch.autograd.grad(y.square().sum(), list(stack.parameters()))
     assert (y - y_ref).abs().max() <= 1e-5
     assert _max_diff(g, g_ref) <= 1e-4 * max(t.abs().max().item() for t in g_ref)
+
+
+def test_numba_training_paths_leave_parameter_storage_resizable():
+    """FSDP frees unsharded parameters by resizing their storage to 0; a numpy view of a parameter
+    (``.numpy()``) would forbid that for good. Forward and backward through every numba training
+    path (q/k/v maps, output path, sLSTM loops) must not take one."""
+    pytest.importorskip("numba")
+    torch.manual_seed(0)
+    stack = XLSTMStack(xlstm_config("xlstm[1:1]", 32, 2, mlstm_num_heads=2, slstm_num_heads=2)).train()
+    y, _ = stack(torch.randn(2, 40, 32))
+    y.square().sum().backward()
+    for p in stack.parameters():
+        storage = p.untyped_storage()
+        storage.resize_(storage.nbytes())  # raises for a storage that is not resizable

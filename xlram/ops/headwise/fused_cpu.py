@@ -160,6 +160,8 @@ def applies(x: torch.Tensor, w: torch.Tensor, seg: int) -> bool:
 
 
 def _np(t: torch.Tensor):
+    """A numpy view of ``t``. Never of a parameter's own memory: ``.numpy()`` marks a storage as not
+    resizable for good, and FSDP frees unsharded parameters by resizing their storage to 0."""
     return t.detach().numpy()
 
 
@@ -174,7 +176,7 @@ class _HeadwiseHeads(torch.autograd.Function):
         M, _, bs, _ = w.shape
         x = x.contiguous()
         wd = k["np"].empty((M, 2 * bs - 1, C), dtype=_np(x).dtype)
-        k["diagonals"](_np(w.contiguous()), wd)
+        k["diagonals"](_np(w.clone()), wd)  # a copy: see _np
         ys = [x.new_empty(B, C // seg, S, seg) for _ in range(M)]
         wg_ = x.new_empty(0, C) if wg is None else wg.contiguous()
         side = x.new_empty(B, S, wg_.shape[0])

@@ -145,7 +145,9 @@ class _FusedOutput(torch.autograd.Function):
     def forward(ctx, h, xc, g, w, b, skip, eps):
         k = _KERNELS.get()
         B, NH, S, DH = h.shape
-        h, xc, g, skip = h.contiguous(), xc.contiguous(), g.contiguous(), skip.contiguous()
+        h, xc, g = h.contiguous(), xc.contiguous(), g.contiguous()
+        # copies of the parameters: .numpy() would mark their storage as not resizable, which FSDP needs
+        w, b, skip = (None if t is None else t.detach().clone() for t in (w, b, skip))
         y = xc.new_empty(B, S, NH * DH)
         stats = h.new_empty(2, B, NH, S)
         k["forward"](_np(h, h), _np(xc, h), _np(g, h), _np(w, h), _np(b, h), _np(skip, h), eps, _np(y, h),

@@ -233,7 +233,9 @@ def applies(wx: torch.Tensor) -> bool:
 
 
 def _np(x: torch.Tensor):
-    """A numpy view of a contiguous tensor (detached: inputs of an autograd Function require grad)."""
+    """A numpy view of a contiguous tensor (detached: inputs of an autograd Function require grad).
+    Never of a parameter's own memory: ``.numpy()`` marks a storage as not resizable for good, and
+    FSDP frees unsharded parameters by resizing their storage to 0."""
     return x.detach().numpy()
 
 
@@ -268,7 +270,7 @@ def _forward(wx, r, b, h0, c0, n0, m0, forget_gate: str, keep_all: bool):
     R_t = r.reshape(NH, DH, 4 * DH).transpose(1, 2).contiguous()
     # the elementwise passes see each step's (B, DH) blocks flat
     bufs = (H, CN.view(NH, slots, 2, B * DH), M.view(NH, B * DH), REC.view(NH, steps, _ROWS, B * DH), out)
-    params = (wx.contiguous(), b.contiguous(), R_t)
+    params = (wx.contiguous(), b.clone(), R_t)  # b: a copy, see _np
     _KERNELS.get()[0](*(_np(x) for x in params), forget_gate == "exp", *(_np(x) for x in bufs), _np(rec))
     last = S % slots
     final = (_unheads(H[:, last]), _unheads(CN[:, last, 0]), _unheads(CN[:, last, 1]), _unheads(M))
@@ -300,7 +302,7 @@ class _FusedSLSTMFunction(torch.autograd.Function):
         for i, x in enumerate((d_cS, d_nS, d_mS)):
             carry[:, i] = x.reshape(B, NH, DH).transpose(0, 1)
         dpre = torch.empty(NH, S, B, 4 * DH, dtype=REC.dtype)
-        args = (d_out.contiguous(), r.reshape(NH, DH, 4 * DH), CN.view(NH, S + 1, 2, B * DH),
+        args = (d_out.contiguous(), r.reshape(NH, DH, 4 * DH).clone(), CN.view(NH, S + 1, 2, B * DH),
                 REC.view(NH, S, _ROWS, B * DH), dh, carry.view(NH, 4, B * DH), dpre)
         _KERNELS.get()[1](*(_np(x) for x in args))
         d_wx = dpre.view(NH, S, B, 4, DH).permute(2, 1, 3, 0, 4)  # (B, S, 4, NH, DH)
