@@ -205,8 +205,8 @@ class MLSTMLayer(nn.Module):
         wc, wm, b = self._gate_folds()
         q, k, g_c = headwise.headwise_heads(x_c, wqk, DH, wc)
         v, g_m = headwise.headwise_heads(x_m, wv, DH, wm)
-        heads = lambda b: b.view(self.num_heads, 1, self.head_dim)
-        q, k, v = (t if p.bias is None else t + heads(p.bias) for t, p in ((q, qp), (k, kp), (v, vp)))
+        per_head = lambda bias: bias.view(self.num_heads, 1, self.head_dim)  # noqa: E731
+        q, k, v = (t if p.bias is None else t + per_head(p.bias) for t, p in ((q, qp), (k, kp), (v, vp)))
         return q, k, v, g_c + g_m + b
 
     def _out(self, h, x_c, z):
