@@ -8,9 +8,9 @@ The model is the issue's anchor: a 3.5M-parameter xLSTM[7:1] (``xlstm-2.0.6`` ``
 Rows (``value`` = median CPU milliseconds, ``wall_ms`` the same by the wall clock):
 
 - ``ms_per_step`` at batch 1 and 16 for ``xlstm-2.0.6`` (``model.step``, one token per call),
-  ``xlram`` (``model.step`` under ``no_grad``, the default inference path: one numba call per block, with
-  the projections as torch matmuls from batch 12,
-  ``xlram.fused_step``, where it applies, which covers this model at both batches), ``xlram-torch``
+  ``xlram`` (``model.step`` under ``no_grad``, the default inference path ``xlram.fused_step``: one
+  numba call per block, the projections as torch matmuls from batch 12; it covers this model at both
+  batches), ``xlram-torch``
   (the same with ``stack.fused_step = False``: the in-place torch step) and ``xlram-compiled`` (the
   torch step after ``model.stack.compile_step()``); ``speedup`` = official / xlram. ``bound_ms`` is the
   memory bound of a step: the weights read once (all but the embedding table) plus the recurrent

@@ -30,9 +30,9 @@ import torch
 from xlram.ops import numba_kernels
 
 _DTYPES = (torch.float32, torch.float64)
-# Largest batch the fused step takes. Its matmuls are one GEMV per row (``numba_step._linear``); on the
-# 2-core EPYC the step of the 3.5M-parameter LM took 5.50 ms against the torch step's 6.97 at batch 16
-# (`xlram bench step`), and 21 against 14 ms at batch 32.
+# Largest batch the fused step takes. On the 2-core EPYC the step of the 3.5M-parameter LM took 5.22 ms
+# against the torch step's 7.18 at batch 16 (`xlram bench step`, projections as torch matmuls); at
+# batch 32, measured when every matmul was a per-row GEMV, 21 against 14 ms.
 MAX_ROWS = 16
 # From this batch on, the projections run as torch matmuls (MKL's sgemm reads each weight once for all
 # rows) between numba calls for the rest of each block; below it, per-row GEMVs inside the numba call.
@@ -173,10 +173,10 @@ class FusedStep:
         self._post = None if isinstance(post, torch.nn.Identity) else (
             _np(post.weight, dt), _np(post.bias, dt), post.eps)
         self._args = args
-        self._linears = [(b.layer.proj_up, b.layer.proj_down) if isinstance(b, MLSTMBlock)
-                         else (b.ffn.proj_up, b.ffn.proj_down) for b in self.stack.blocks]
+        pairs = [(b.layer.proj_up, b.layer.proj_down) if isinstance(b, MLSTMBlock)
+                 else (b.ffn.proj_up, b.ffn.proj_down) for b in self.stack.blocks]
         self._linears = [tuple((lin.weight.detach(), None if lin.bias is None else lin.bias.detach())
-                               for lin in pair) for pair in self._linears]
+                               for lin in pair) for pair in pairs]
 
     def _applies(self, x: torch.Tensor) -> bool:
         # What may change from call to call is checked on every call; the rest once per key.
