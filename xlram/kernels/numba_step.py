@@ -2,9 +2,13 @@
 
 The torch step is dozens of small kernels per block; at batch 1 their dispatch costs more than the
 arithmetic (3.8 ms for the whole step of the 3.5M-parameter LM, of which its matmuls alone took 0.34
-ms; measured). Here every
-block step is one call: the matmuls go to BLAS through ``np.dot`` (scipy's OpenBLAS), everything
-elementwise runs in plain loops, and the recurrent state is updated in place.
+ms; measured). Here every block step is one call: the matmuls go to BLAS through ``np.dot`` (scipy's
+OpenBLAS), everything elementwise runs in plain loops, and the recurrent state is updated in place.
+exp, SiLU, sigmoid and tanh come from ``xlram.ops.numba_math`` (they vectorise, libm's do not), and
+the sLSTM cell is the training loop's (``xlram.ops.slstm.cell_numba``) over head-major copies of the
+pre-activations and state. Against libm calls and a per-element cell over the (B, D) arrays, whole
+step of the 3.5M-parameter LM, medians of 10 alternating rounds: 5.70 against 6.39 ms at batch 16,
+0.434 against 0.458 ms at batch 1.
 
 The math is the torch step's (``xlram.layers.mlstm.MLSTMLayer.step_``, ``SLSTMLayer.step``, the
 blocks' residual pattern), written out per element; ``xlram.fused_step`` gathers a stack's weights and
@@ -19,18 +23,14 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from xlram.ops.numba_math import exp_neg, log_sigmoid, silu
+from xlram.ops.numba_math import jit as _jit
+from xlram.ops.slstm.cell_numba import cell
 
 # Activation codes of the sLSTM block's gated FFN (``xlram.nn.ffn.ACTIVATIONS`` names).
 FFN_ACTS = {"gelu": 0, "swish": 1, "silu": 1, "relu": 2}
-
-_jit = numba.njit(cache=True, nogil=True)
-
-
-@_jit
-def _silu(x):
-    return x / (1.0 + math.exp(-x))
 
 
 @_jit
@@ -148,17 +148,12 @@ def _conv_step(x, w, b, state):
         if b.shape[0]:
             yr += b
         for c in range(C):
-            yr[c] = _silu(yr[c])
+            yr[c] = silu(yr[c])
         for j in range(K - 2):
             state[r, j, :] = state[r, j + 1, :]
         if K > 1:
             state[r, K - 2, :] = x[r, :]
     return y
-
-
-@_jit
-def _log_sigmoid(x):
-    return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
 
 
 @_jit
@@ -206,12 +201,12 @@ def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w,
     decay = np.empty(1, dtype=C.dtype)
     for r in range(B):
         for h in range(NH):
-            a = _log_sigmoid(fg[r, h]) + m[r, h]
+            a = log_sigmoid(fg[r, h]) + m[r, h]
             i_pre = ig[r, h]
             m_new = max(a, i_pre)
             m[r, h] = m_new
-            decay[0] = math.exp(a - m_new)
-            gain = math.exp(i_pre - m_new)
+            decay[0] = exp_neg(a - m_new)
+            gain = exp_neg(i_pre - m_new)
             lo = h * DH
             for p in range(DH):
                 kig[p] = qkv[r, Di + lo + p] * gain
@@ -224,7 +219,7 @@ def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w,
     _head_norm(hid, NH, out_w, out_b, out_eps)
     for r in range(B):
         for j in range(Di):
-            hid[r, j] = (hid[r, j] + skip[j] * x_c[r, j]) * _silu(up[r, Di + j])
+            hid[r, j] = (hid[r, j] + skip[j] * x_c[r, j]) * silu(up[r, Di + j])
     return hid
 
 
@@ -248,7 +243,7 @@ def _ffn_act(x, code):
     if code == 0:
         return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
     if code == 1:
-        return _silu(x)
+        return silu(x)
     return max(x, 0.0)
 
 
@@ -272,24 +267,36 @@ def slstm_pre(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w,
     pre_z = _headwise(xn, z_w, empty)
     pre_o = _headwise(xn, o_w, empty)
     y = np.empty((B, D), dtype=x.dtype)
+    # Per head: the pre-activations and the state gathered head-major, so that the cell (the training
+    # loop's, xlram.ops.slstm.cell_numba) runs as one vectorised pass over B * DH elements.
+    rk = np.empty((7, B * DH), dtype=x.dtype)
+    cn_prev = np.empty((2, B * DH), dtype=c_s.dtype)
+    cn_new = np.empty((2, B * DH), dtype=c_s.dtype)
+    m_h = np.empty(B * DH, dtype=m_s.dtype)
     for h in range(NH):
         rec = np.dot(np.ascontiguousarray(h_s[:, h * DH:(h + 1) * DH]), R[h])  # (B, 4 DH)
+        lo = h * DH
         for r in range(B):
+            e0 = r * DH
             for j in range(DH):
-                u = h * DH + j
-                gi = pre_i[r, u] + rec[r, j] + bias[0, h, j]
-                gf = pre_f[r, u] + rec[r, DH + j] + bias[1, h, j]
-                gz = pre_z[r, u] + rec[r, 2 * DH + j] + bias[2, h, j]
-                go = pre_o[r, u] + rec[r, 3 * DH + j] + bias[3, h, j]
-                a = (gf if exp_forget else _log_sigmoid(gf)) + m_s[r, u]
-                m_new = gi if (n_s[r, u] == 0.0 or gi >= a) else a
-                i_gate = math.exp(gi - m_new)
-                f_gate = math.exp(min(a - m_new, 0.0))
-                c_new = f_gate * c_s[r, u] + i_gate * math.tanh(gz)
-                n_new = f_gate * n_s[r, u] + i_gate
-                h_new = c_new / n_new / (1.0 + math.exp(-go))
-                c_s[r, u], n_s[r, u], m_s[r, u] = c_new, n_new, m_new
-                y[r, u] = h_new
+                rk[0, e0 + j] = pre_i[r, lo + j] + rec[r, j] + bias[0, h, j]
+                rk[1, e0 + j] = pre_f[r, lo + j] + rec[r, DH + j] + bias[1, h, j]
+            for j in range(DH):
+                rk[2, e0 + j] = pre_z[r, lo + j] + rec[r, 2 * DH + j] + bias[2, h, j]
+                rk[3, e0 + j] = pre_o[r, lo + j] + rec[r, 3 * DH + j] + bias[3, h, j]
+            for j in range(DH):
+                cn_prev[0, e0 + j] = c_s[r, lo + j]
+                cn_prev[1, e0 + j] = n_s[r, lo + j]
+                m_h[e0 + j] = m_s[r, lo + j]
+        # first=True: the rule for n_{t-1} == 0 applies wherever n is 0, which is the first step only
+        cell(rk, cn_prev, cn_new, m_h, exp_forget, True)
+        for r in range(B):
+            e0 = r * DH
+            for j in range(DH):
+                c_s[r, lo + j] = cn_new[0, e0 + j]
+                n_s[r, lo + j] = cn_new[1, e0 + j]
+                m_s[r, lo + j] = m_h[e0 + j]
+                y[r, lo + j] = rk[5, e0 + j]
     h_s[:, :] = y
     _head_norm(y, NH, out_w, out_b, out_eps)
     x += y

@@ -15,9 +15,7 @@ one batched matmul over the (time, batch) rows of each head.
 The elementwise passes are written to vectorise (SIMD): each touches few arrays (LLVM gives up on a
 loop that would need many runtime alias checks) and calls no libm function (numba has no vector
 math library, and a scalar exp per element costs more than the rest of the step). ``exp``, ``expm1``
-and ``log1p`` are therefore computed here, in fp64 (for fp32 arrays too, which then only round
-once, on the store): Cody-Waite reduction and Taylor polynomials, within 3 ulp of numpy's. One
-difference: results below fp64's normal range (e^x for x < -708) are 0, not subnormal.
+and ``log1p`` come from ``xlram.ops.numba_math``, which computes them in fp64 from arithmetic alone.
 
 The values are those of the torch form up to rounding, and the backward routes the gradients of
 the max (which of ĩ and log f + m_{t-1} m_t took) and of the f' <= 1 cap by the comparisons the
@@ -29,114 +27,21 @@ and callers use the torch form.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from xlram.ops.numba_kernels import LazyKernels
 
 _DTYPES = (torch.float32, torch.float64)
-# Per-step records of the forward, REC[head, t, row, B * DH]: rows 0-3 the pre-activations (i, f, z, o),
-# which the cell overwrites with i', f', tanh z̃, sigmoid õ; then d log f / d f̃, h, and the branch
-# taken: 0 where m_t took log f + m_{t-1}, 1 where it took ĩ, 2 where it took ĩ and f' was capped at 1.
+# Per-step records of the forward, REC[head, t, row, B * DH]; the rows are described in
+# ``xlram.ops.slstm.cell_numba``.
 _ROWS = 7
-_LN2_HI, _LN2_LO = 0.693145751953125, 1.4286068203094172321e-06  # ln 2 = HI + LO, k HI exact for |k| < 2^37
-_EXP_MIN = -708.0  # e^x below this is subnormal in fp64
 
 
 def _build():
-    import numba
     import numpy as np
-    from llvmlite import ir
-    from numba import types
-    from numba.extending import intrinsic
 
-    @intrinsic
-    def pow2(typingctx, k):
-        """2**k for an integral fp64 k in the normal range, from its bits (vectorises, unlike ldexp)."""
-        if k != types.float64:
-            return None
-
-        def codegen(context, builder, sig, args):
-            i64 = ir.IntType(64)
-            biased = builder.add(builder.fptosi(args[0], i64), i64(1023))
-            return builder.bitcast(builder.shl(biased, i64(52)), ir.DoubleType())
-
-        return types.float64(types.float64), codegen
-
-    # error_model="numpy": no zero-division checks (they would branch in every loop); "contract": FMA.
-    jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-
-    @jit
-    def exp_parts(x):  # pragma: no cover - compiled
-        """(2**k, r Q(r)) with e^x = 2**k (1 + r Q(r)), for fp64 x in [-708, 0]."""
-        k = np.floor(x * 1.4426950408889634 + 0.5)  # round(x / ln 2)
-        r = (x - k * _LN2_HI) - k * _LN2_LO  # |r| <= ln 2 / 2
-        # Q(r) = sum_n r^n / (n + 1)! = 1 + r/2 (1 + r/3 (1 + ...)), to r^13 / 14! < 1e-17. A loop over
-        # constants that LLVM unrolls and folds (a loop over a tuple it would not, nor vectorise).
-        q = 1.0
-        for n in range(14, 1, -1):
-            q = 1.0 + q * (r * (1.0 / n))
-        return pow2(k), r * q
-
-    @jit
-    def exp_neg(x):  # pragma: no cover - compiled
-        """e^x for fp64 x <= 0."""
-        p, rq = exp_parts(max(x, _EXP_MIN))
-        return p + p * rq if x >= _EXP_MIN else 0.0
-
-    @jit
-    def expm1_neg(x):  # pragma: no cover - compiled
-        """e^x - 1 for fp64 x <= 0, exact to an ulp near 0 (where e^x - 1 would cancel)."""
-        p, rq = exp_parts(max(x, _EXP_MIN))
-        return rq if p == 1.0 else (p - 1.0) + p * rq
-
-    @jit
-    def log1p_unit(u):  # pragma: no cover - compiled
-        """log(1 + u) for fp64 u in [0, 1]."""
-        # 2 atanh(s) = 2 s sum_n s^2n / (2n + 1), s = u / (2 + u) <= 1/3: to s^32 / 33 (9^-16 / 33 < 1e-17)
-        s = u / (2.0 + u)
-        s2 = s * s
-        q = 0.0
-        for n in range(16, -1, -1):
-            q = q * s2 + 1.0 / (2 * n + 1)
-        return 2.0 * s * q
-
-    @jit
-    def cell(rec, cn_prev, cn_new, m, exp_forget, first):  # pragma: no cover - compiled
-        """One step of one head, over its B * DH elements.
-
-        rec (7, B DH): the pre-activations in rows 0-3 on entry, every record row on return (see
-        ``_ROWS``). cn_prev, cn_new (2, B DH): (c, n) of t - 1 and t. m (B DH) in place.
-        """
-        for e in range(rec.shape[1]):
-            gi, gf, gz, go = float(rec[0, e]), float(rec[1, e]), float(rec[2, e]), float(rec[3, e])
-            if exp_forget:
-                log_f, dlog_f = gf, 1.0
-            else:
-                # logsigmoid and its derivative sigmoid(-f̃) from one exp, stably
-                ef = exp_neg(-abs(gf))
-                log_f = min(gf, 0.0) - log1p_unit(ef)
-                dlog_f = (ef if gf >= 0.0 else 1.0) / (1.0 + ef)
-            a = log_f + m[e]  # log f + m_{t-1}
-            # first-step rule: n_{t-1} == 0 only at t = 0 (see recurrent.py); ties go to ĩ
-            take = (gi >= a) | (first & (cn_prev[1, e] == 0.0))
-            # The gate whose exponent m_t took is exp(0) = 1 exactly: one exp, not two.
-            d = a - gi if take else gi - a
-            capped = first & (d > 0.0)  # f' <= 1 binds only where a first step took ĩ < log f + m
-            ex = exp_neg(min(d, 0.0))
-            i_g, f_g = (1.0, ex) if take else (ex, 1.0)
-            m[e] = gi if take else a
-            em = expm1_neg(-2.0 * abs(gz))
-            z = math.copysign(-em / (2.0 + em), gz)  # tanh
-            eo = exp_neg(-abs(go))
-            o = (1.0 if go >= 0.0 else eo) / (1.0 + eo)  # sigmoid
-            c = cn_prev[0, e] * f_g + z * i_g
-            n = cn_prev[1, e] * f_g + i_g
-            cn_new[0, e], cn_new[1, e] = c, n
-            rec[0, e], rec[1, e], rec[2, e], rec[3, e], rec[4, e] = i_g, f_g, z, o, dlog_f
-            rec[5, e] = c / n * o
-            rec[6, e] = (2.0 if capped else 1.0) if take else 0.0
+    from xlram.ops.numba_math import jit
+    from xlram.ops.slstm.cell_numba import cell
 
     @jit
     def forward(wx, bias, R_t, exp_forget, H, CN, M, REC, out, rec):  # pragma: no cover - compiled

@@ -1,0 +1,113 @@
+"""Elementwise functions for numba kernels that vectorise (SIMD), in fp64.
+
+numba has no vector math library: a loop that calls ``math.exp`` makes one scalar libm call per
+element (about 3 ns on the 2-core EPYC, more than the rest of an elementwise pass). These are
+written from arithmetic, comparisons and one bit cast, so LLVM vectorises the loops that call them.
+They compute in fp64, for fp32 arrays too (which then round once, on the store): Cody-Waite
+reduction and Taylor polynomials, within 3 ulp of numpy's fp64 results (tests/ops/test_numba_math.py).
+One difference: results below fp64's normal range (e^x for x < -708) are 0, not subnormal.
+
+Import this module only where numba is importable. numba keys a function's on-disk cache on its own
+file: after editing this file, delete the ``*.nbi``/``*.nbc`` files under ``xlram/`` so that the
+kernels that call these functions compile again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+_LN2_HI, _LN2_LO = 0.693145751953125, 1.4286068203094172321e-06  # ln 2 = HI + LO, k HI exact for |k| < 2^37
+_EXP_MIN = -708.0  # e^x below this is subnormal in fp64
+
+# error_model="numpy": no zero-division checks (they would branch in every loop); "contract": FMA.
+jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+
+
+@intrinsic
+def _pow2(typingctx, k):
+    """2**k for an integral fp64 k in the normal range, from its bits (vectorises, unlike ldexp)."""
+    if k != types.float64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        biased = builder.add(builder.fptosi(args[0], i64), i64(1023))
+        return builder.bitcast(builder.shl(biased, i64(52)), ir.DoubleType())
+
+    return types.float64(types.float64), codegen
+
+
+@jit
+def exp_parts(x):  # pragma: no cover - compiled
+    """(2**k, r Q(r)) with e^x = 2**k (1 + r Q(r)), for fp64 x in [-708, 0]."""
+    k = np.floor(x * 1.4426950408889634 + 0.5)  # round(x / ln 2)
+    r = (x - k * _LN2_HI) - k * _LN2_LO  # |r| <= ln 2 / 2
+    # Q(r) = sum_n r^n / (n + 1)! = 1 + r/2 (1 + r/3 (1 + ...)), to r^13 / 14! < 1e-17. A loop over
+    # constants that LLVM unrolls and folds (a loop over a tuple it would not, nor vectorise).
+    q = 1.0
+    for n in range(14, 1, -1):
+        q = 1.0 + q * (r * (1.0 / n))
+    return _pow2(k), r * q
+
+
+@jit
+def exp_neg(x):  # pragma: no cover - compiled
+    """e^x for x <= 0."""
+    x = float(x)
+    p, rq = exp_parts(max(x, _EXP_MIN))
+    return p + p * rq if x >= _EXP_MIN else 0.0
+
+
+@jit
+def expm1_neg(x):  # pragma: no cover - compiled
+    """e^x - 1 for x <= 0, exact to an ulp near 0 (where e^x - 1 would cancel)."""
+    x = float(x)
+    p, rq = exp_parts(max(x, _EXP_MIN))
+    return rq if p == 1.0 else (p - 1.0) + p * rq
+
+
+@jit
+def log1p_unit(u):  # pragma: no cover - compiled
+    """log(1 + u) for u in [0, 1]."""
+    # 2 atanh(s) = 2 s sum_n s^2n / (2n + 1), s = u / (2 + u) <= 1/3: to s^32 / 33 (9^-16 / 33 < 1e-17)
+    s = float(u) / (2.0 + float(u))
+    s2 = s * s
+    q = 0.0
+    for n in range(16, -1, -1):
+        q = q * s2 + 1.0 / (2 * n + 1)
+    return 2.0 * s * q
+
+
+@jit
+def sigmoid(x):  # pragma: no cover - compiled
+    """1 / (1 + e^-x), from one exp of -|x| (no overflow)."""
+    x = float(x)
+    e = exp_neg(-abs(x))
+    return (1.0 if x >= 0.0 else e) / (1.0 + e)
+
+
+@jit
+def silu(x):  # pragma: no cover - compiled
+    """x sigmoid(x)."""
+    return float(x) * sigmoid(x)
+
+
+@jit
+def tanh(x):  # pragma: no cover - compiled
+    """tanh x = -expm1(-2|x|) / (2 + expm1(-2|x|)) with the sign of x (no cancellation near 0)."""
+    x = float(x)
+    em = expm1_neg(-2.0 * abs(x))
+    return math.copysign(-em / (2.0 + em), x)
+
+
+@jit
+def log_sigmoid(x):  # pragma: no cover - compiled
+    """log sigmoid(x) = min(x, 0) - log(1 + e^-|x|)."""
+    x = float(x)
+    return min(x, 0.0) - log1p_unit(exp_neg(-abs(x)))
