@@ -42,6 +42,7 @@ MAX_ROWS = 16
 # matmuls against 2.89 without, B=10 4.18 against 4.21, B=12 5.09 against 5.37, B=16 5.16 against 5.41.
 GEMM_ROWS = 12
 
+_DATA_PTR = torch.Tensor.data_ptr
 # Parameters registered on any module so far: walking a stack's parameters costs ~0.1 ms, so a
 # FusedStep keeps its list and walks again only after a registration (a replaced parameter).
 _REGISTERED = [0]
@@ -152,14 +153,14 @@ class FusedStep:
         self._linears: list = []  # per block: the torch weights and biases of its two projections
         self._post = None
         self._decisions: dict = {}
-        self._state_key, self._state_views = None, None
+        self._state_key, self._state_views, self._calls = None, None, []
 
     def _refresh(self) -> None:
         """Forget the numpy views when any parameter's memory moved or a parameter was registered
         anywhere since they were made (``module.weight = nn.Parameter(...)``)."""
         if self._registered != _REGISTERED[0]:
             self._registered, self._params = _REGISTERED[0], list(self.stack.parameters())
-        ptrs = tuple(p.data_ptr() for p in self._params)
+        ptrs = tuple(map(_DATA_PTR, self._params))
         if ptrs == self._ptrs:
             return
         self._ptrs, self._args, self._decisions, self._state_key = ptrs, [], {}, None
@@ -202,7 +203,20 @@ class FusedStep:
                 return None
             views.append(tuple(t.numpy() for t in tensors))
         self._state_key, self._state_views = state, views
+        self._calls = [self._block_call(kind, *args, v)
+                       for (kind, args), v in zip(self._args, views, strict=True)]
         return views
+
+    @staticmethod
+    def _block_call(kind, a, b, c, v) -> tuple:
+        """(kernel, its arguments after x) of one block below ``GEMM_ROWS`` rows, state views included."""
+        from xlram.kernels import numba_step as k
+
+        if kind == "mlstm":
+            conv, C, n, m = v
+            return k.mlstm_block_step, (*a, conv, *b, C, n, m, *c)
+        conv, h, cs, n, m = v
+        return k.slstm_block_step, (*a, conv, *b, h, cs, n, m, *c)
 
     def run(self, x: torch.Tensor, state: tuple) -> torch.Tensor | None:
         from xlram.kernels import numba_step as k
@@ -218,13 +232,8 @@ class FusedStep:
         if x.shape[0] >= GEMM_ROWS:
             self._run_with_torch_matmuls(y, y_t, views)
         else:
-            for (kind, (a, b, c)), s in zip(self._args, views, strict=True):
-                if kind == "mlstm":
-                    conv, C, n, m = s
-                    k.mlstm_block_step(y, *a, conv, *b, C, n, m, *c)
-                else:
-                    conv, h, cs, n, m = s
-                    k.slstm_block_step(y, *a, conv, *b, h, cs, n, m, *c)
+            for kernel, args in self._calls:
+                kernel(y, *args)
         if self._post is not None:
             k.layer_norm_(y, *self._post)
         return y_t

@@ -44,8 +44,11 @@ def check_token_ids(ids, name: str, ndim: int, vocab_size: int) -> torch.Tensor:
         raise ValueError(f"{name} must have shape {shape_name}, got {tuple(ids.shape)}")
     if ids.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); give at least one token per row")
-    lo, hi = torch.aminmax(ids)
-    lo, hi = int(lo), int(hi)
+    if ids.numel() <= 64 and ids.device.type == "cpu":  # a generation step: cheaper through a list
+        values = ids.tolist() if ndim == 1 else ids.reshape(-1).tolist()
+        lo, hi = min(values), max(values)
+    else:
+        lo, hi = (int(t) for t in torch.aminmax(ids))
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name} must lie in [0, {vocab_size}) (vocab_size), found values in [{lo}, {hi}]")
     return ids.long()
