@@ -137,14 +137,18 @@ def _conv_step(x, w, b, state):
     B, C = x.shape
     K = w.shape[1]
     y = np.empty_like(x)
-    for r in range(B):  # loops over channels innermost: contiguous rows of x, y and the state
+    wt = np.ascontiguousarray(w.T)  # (K, C): every loop below runs over contiguous channels
+    for r in range(B):
         yr = y[r]
+        xr = x[r]
+        wl = wt[K - 1]
         for c in range(C):
-            yr[c] = w[c, K - 1] * x[r, c]
+            yr[c] = wl[c] * xr[c]
         for j in range(K - 1):
             sr = state[r, j]
+            wj = wt[j]
             for c in range(C):
-                yr[c] += w[c, j] * sr[c]
+                yr[c] += wj[c] * sr[c]
         if b.shape[0]:
             yr += b
         for c in range(C):
