@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from xlram.cpu_allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # large CPU tensors reuse heap memory (see xlram/cpu_allocator.py)
     return int(args.func(args) or 0)
 
 
