@@ -1,20 +1,21 @@
-"""Keep large freed CPU blocks in the process heap (glibc), so that big tensors reuse memory.
+"""Keep freed CPU blocks of up to 32 MiB in the process heap (glibc), so that big tensors reuse memory.
 
 glibc's malloc serves a request above its mmap threshold (128 KiB at first, rising with use to at
-most 32 MiB) with fresh pages from ``mmap`` and unmaps them on free. torch allocates CPU tensors with
-malloc, so each large temporary of a training step is new memory: one page fault per 4 KiB page on
-its first write, and the kernel zeroes every page. For the chunkwise mLSTM at long contexts that is
-a large share of the time. Measured on the project's 2-core EPYC, one thread, fp32 forward + backward
-at B=1, H=4, d=128, page faults per call once warm: S=4,096 10-28 thousand untuned, 0 tuned; S=16,384
-171 thousand (670 MB of fresh pages a call), 0 tuned. Time per call (one process each way, same
-hour): S=1,024 35.6 -> 26.6 ms (8.2 -> 0.0 ms of it system time), S=4,096 125.5 -> 106.9 ms.
-The price: that process kept 1,009 MB resident after an S=16,384 call, against 524-556 MB untuned.
+most 32 MiB) with fresh pages from ``mmap`` and unmaps them on free, and gives the top of its heap back
+to the system once more than twice that is free there. torch allocates CPU tensors with malloc, so
+many large temporaries of a training step are new memory: one page fault per 4 KiB page on its
+first write, and the kernel zeroes every page. Measured on the project's 2-core EPYC, one thread,
+fp32 chunkwise mLSTM forward + backward at B=1, H=4, d=128, once warm, one process each way in
+alternation: S=1,024 28.7-30.6 -> 24.4-24.8 ms (CPU time, system time included); S=4,096 132-133 ->
+97-98 ms, with 10-28 thousand page faults per call -> 0-2 thousand. The price: such a process kept
+694-790 MB resident against 527-687 MB untuned.
 
-:func:`tune_cpu_allocator` raises the mmap threshold, so large blocks come from the heap and are
-reused after a free, and the trim threshold, so the heap keeps up to ``keep_bytes`` of freed memory
-instead of returning it to the system. The cost is memory: the process's resident size stays near
-its peak plus up to ``keep_bytes``. The ``xlram`` command calls it on start; a program that imports
-xlram calls it itself (or sets glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``).
+:func:`tune_cpu_allocator` fixes the mmap threshold at 32 MiB (so glibc's first large frees do not
+decide it) and raises the trim threshold, so the heap keeps up to ``keep_bytes`` of freed memory
+instead of returning it. Larger blocks still come from mmap: at S=16,384 (64 MB temporaries) the
+faults stay (90-135 thousand per call against 140-160 thousand). The ``xlram`` command and
+``python -m xlram.train`` call it on start; a program that imports xlram calls it itself (or sets
+glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ ENV = "XLRAM_MALLOC"
 # glibc's own variables: a user who set any of them has chosen, and is left alone.
 GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt parameters (malloc.h)
+# Blocks above this still come from mmap and go back to the system on free: a block in the heap pins
+# the memory below it while it lives, and an early version that kept blocks of up to 1 GiB in the heap
+# took a process that peaks at 10 GB (the official package's training at context 4,096) to 14.7 GB
+# and the OOM killer. 32 MiB is as far as glibc raises its threshold by itself.
+MMAP_BYTES = 32 << 20
 _DONE: list[bool] = []
 
 
-def tune_cpu_allocator(keep_bytes: int = 1 << 30) -> bool:
-    """Set glibc's mmap and trim thresholds to ``keep_bytes`` (and a 64 MiB top pad) for this process.
+def tune_cpu_allocator(keep_bytes: int = 512 << 20) -> bool:
+    """Set glibc's trim threshold to ``keep_bytes``, its mmap threshold to 32 MiB and its top pad to
+    64 MiB, for this process.
 
     Returns True if the settings were applied now or by an earlier call; False where this is not glibc
     (macOS, Windows, musl), where ``XLRAM_MALLOC=0``, or where one of glibc's ``MALLOC_*`` variables
@@ -51,9 +58,7 @@ def tune_cpu_allocator(keep_bytes: int = 1 << 30) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # An older glibc caps the mmap threshold at 32 MiB (half its largest heap): then that.
-    mmap_ok = mallopt(_M_MMAP_THRESHOLD, keep_bytes) == 1 or mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
-    trim_ok = mallopt(_M_TRIM_THRESHOLD, keep_bytes) == 1
-    ok = mmap_ok and trim_ok and mallopt(_M_TOP_PAD, 64 << 20) == 1
+    ok = all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, MMAP_BYTES), (_M_TRIM_THRESHOLD, keep_bytes), (_M_TOP_PAD, 64 << 20)))
     _DONE.append(ok)
     return ok

@@ -34,6 +34,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from xlram.ops.rowdot import rowdot
+
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched matmul over all leading dims: (..., n, k) @ (..., k, m) -> (..., n, m)."""
@@ -167,7 +169,7 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     dP = dP.view(B, H, NC, L, L)
     dv_ = _bmm(P.transpose(-1, -2), dnum)  # (B, H, NC, L, dv)
     X = _bmm(dnum, Cst.transpose(-1, -2)).addcmul_(dqn[..., None], nst[:, :, :, None, :])  # (..., L, dk)
-    dw0 = torch.linalg.vecdot(X, q_c)
+    dw0 = rowdot(X, q_c)
     dq = X.mul_(w0[..., None])
     dnum.mul_(w0[..., None])
     dqn.mul_(w0)
@@ -206,13 +208,12 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     del dC_loc, dn_loc
     # C_{c+1} = wo C_c + sum_j e_j k_j v_jᵀ, n_{c+1} = wo n_c + sum_j e_j k_j
     T1 = _bmm(v_c, dCn.transpose(-1, -2)).add_(dnn[:, :, :, None, :])  # (..., L, dk): dC v_j + dn
-    da = torch.linalg.vecdot(k_c, T1).mul_(e)  # gradient of a_j through e_j
+    da = rowdot(k_c, T1).mul_(e)  # gradient of a_j through e_j
     dk_.addcmul_(T1, e[..., None])
     del T1
     _baddbmm(dv_, k_c * e[..., None], dCn)
-    # gradient of g + m_c - m_{c+1}; dCn is not needed after this, so the product goes into it
-    # (torch.linalg.vecdot allocates a (B, H, NC, dk, dv) temporary for it)
-    s0 = dCn.mul_(Cst).sum((-2, -1)).add_(torch.linalg.vecdot(dnn, nst)).mul_(wo)
+    # gradient of g + m_c - m_{c+1}
+    s0 = rowdot(dCn, Cst, dims=2).add_(rowdot(dnn, nst)).mul_(wo)
     # <dC_{c+1}, C_{c+1}> + <dn_{c+1}, n_{c+1}> = s0 + sum_j e_j (k_j·(dC v_j + dn)) = s0 + sum_j da_j
     s1 = s0 + da.sum(-1)
     # Stabilisers back through the chunks: T_c, the gradient reaching m_c, is
