@@ -9,7 +9,7 @@ dropout off or the model in eval mode; numba importable; ``XLRAM_NUMBA`` not ``0
 ``stack.fused_step`` not switched off. Everywhere else the torch step runs. Both compute the same
 function: tests/test_fused_step.py compares outputs and states step by step.
 
-The first fused step of a process compiles the kernels (12 s on the 2-core CPU) or, usually,
+The first fused step of a process compiles the kernels (18 s on the 2-core CPU) or, usually,
 loads them from numba's on-disk cache (under a second). Their matmuls run in scipy's OpenBLAS, whose
 thread count is ``OPENBLAS_NUM_THREADS`` (read when it loads), not torch's; the projections from
 ``GEMM_ROWS`` rows on run in torch's BLAS.
