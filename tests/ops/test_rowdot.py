@@ -27,6 +27,16 @@ def test_strided_inputs_and_the_torch_fallback(monkeypatch):
     torch.testing.assert_close(rowdot(x, y), want)
 
 
+def test_scratch_x_is_overwritten_only_by_the_torch_form(monkeypatch):
+    x, y = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    want = (x * y).sum((-2, -1))
+    x0 = x.clone()
+    torch.testing.assert_close(rowdot(x, y, dims=2, x_is_scratch=True), want)
+    assert torch.equal(x, x0)  # the compiled form reads x only
+    monkeypatch.setenv("XLRAM_NUMBA", "0")
+    torch.testing.assert_close(rowdot(x, y, dims=2, x_is_scratch=True), want)
+
+
 def test_gradients_flow_through_the_torch_form():
     x = torch.randn(4, 3, requires_grad=True)
     y = torch.randn(4, 3)

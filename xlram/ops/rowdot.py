@@ -39,10 +39,12 @@ def _build():
 _KERNEL = LazyKernels(_build)
 
 
-def rowdot(x: torch.Tensor, y: torch.Tensor, dims: int = 1) -> torch.Tensor:
+def rowdot(x: torch.Tensor, y: torch.Tensor, dims: int = 1, x_is_scratch: bool = False) -> torch.Tensor:
     """The sums of ``x * y`` over the last ``dims`` dimensions: x, y (..., *inner) -> (...).
 
-    x and y must have the same shape (no broadcasting); ``dims`` >= 1.
+    x and y must have the same shape (no broadcasting); ``dims`` >= 1. ``x_is_scratch``: x is not
+    needed afterwards, so the torch form may multiply into it rather than into a new tensor of its
+    size (the compiled form never writes it).
     """
     if dims < 1 or dims > x.dim():
         raise ValueError(f"rowdot: dims must be in [1, {x.dim()}], got {dims}")
@@ -54,7 +56,8 @@ def rowdot(x: torch.Tensor, y: torch.Tensor, dims: int = 1) -> torch.Tensor:
             and not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))):
         kernel = _KERNEL.get()
     if kernel is None:
-        return (x * y).sum(tuple(range(x.dim() - dims, x.dim())))
+        prod = x.mul_(y) if x_is_scratch and not x.requires_grad else x * y
+        return prod.sum(tuple(range(x.dim() - dims, x.dim())))
     x2 = x.detach().contiguous().view(-1, math.prod(x.shape[x.dim() - dims:]))
     y2 = y.detach().contiguous().view(x2.shape)
     out = torch.empty(x2.shape[0], dtype=x.dtype)

@@ -212,8 +212,8 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     dk_.addcmul_(T1, e[..., None])
     del T1
     _baddbmm(dv_, k_c * e[..., None], dCn)
-    # gradient of g + m_c - m_{c+1}
-    s0 = rowdot(dCn, Cst, dims=2).add_(rowdot(dnn, nst)).mul_(wo)
+    # gradient of g + m_c - m_{c+1}; dCn is not needed after this
+    s0 = rowdot(dCn, Cst, dims=2, x_is_scratch=True).add_(rowdot(dnn, nst)).mul_(wo)
     # <dC_{c+1}, C_{c+1}> + <dn_{c+1}, n_{c+1}> = s0 + sum_j e_j (k_j·(dC v_j + dn)) = s0 + sum_j da_j
     s1 = s0 + da.sum(-1)
     # Stabilisers back through the chunks: T_c, the gradient reaching m_c, is
