@@ -73,6 +73,12 @@ def test_limits():
     assert _over(nm.tanh)(np.array([1e4, -1e4])).tolist() == [1.0, -1.0]
 
 
+@pytest.mark.parametrize("name", sorted(REFERENCE) + ["log1p_unit"])
+def test_nan_propagates(name):
+    out = _over(getattr(nm, name))(np.array([np.nan, -np.nan]))
+    assert np.isnan(out).all(), name
+
+
 def test_fp32_arguments_compute_in_fp64():
     x32 = np.linspace(-30, 30, 1001).astype(np.float32)
     got = _over(nm.silu)(x32)

@@ -4,8 +4,9 @@ numba has no vector math library: a loop that calls ``math.exp`` makes one scala
 element (about 3 ns on the 2-core EPYC, more than the rest of an elementwise pass). These are
 written from arithmetic, comparisons and one bit cast, so LLVM vectorises the loops that call them.
 They compute in fp64, for fp32 arrays too (which then round once, on the store): Cody-Waite
-reduction and Taylor polynomials, within 3 ulp of numpy's fp64 results (tests/ops/test_numba_math.py).
-One difference: results below fp64's normal range (e^x for x < -708) are 0, not subnormal.
+reduction and Taylor polynomials, within 4 ulp of numpy's fp64 results (tests/ops/test_numba_math.py).
+One difference: results below fp64's normal range (e^x for x < -708) are 0, not subnormal. A NaN
+argument gives NaN.
 
 Import this module only where numba is importable. numba keys a function's on-disk cache on its own
 file: after editing this file, delete the ``*.nbi``/``*.nbc`` files under ``xlram/`` so that the
@@ -61,7 +62,8 @@ def exp_neg(x):  # pragma: no cover - compiled
     """e^x for x <= 0."""
     x = float(x)
     p, rq = exp_parts(max(x, _EXP_MIN))
-    return p + p * rq if x >= _EXP_MIN else 0.0
+    r = p + p * rq if x >= _EXP_MIN else 0.0
+    return r if x == x else x  # NaN stays NaN (max() above would have dropped it)
 
 
 @jit
@@ -69,7 +71,8 @@ def expm1_neg(x):  # pragma: no cover - compiled
     """e^x - 1 for x <= 0, exact to an ulp near 0 (where e^x - 1 would cancel)."""
     x = float(x)
     p, rq = exp_parts(max(x, _EXP_MIN))
-    return rq if p == 1.0 else (p - 1.0) + p * rq
+    r = rq if p == 1.0 else (p - 1.0) + p * rq
+    return r if x == x else x  # NaN stays NaN
 
 
 @jit
