@@ -43,7 +43,7 @@ def tune_cpu_allocator(keep_bytes: int = 512 << 20) -> bool:
 
     Returns True if the settings were applied now or by an earlier call; False where this is not glibc
     (macOS, Windows, musl), where ``XLRAM_MALLOC=0``, or where one of glibc's ``MALLOC_*`` variables
-    is set. Safe to call more than once.
+    is set. Safe to call more than once: a later call changes nothing, whatever its ``keep_bytes``.
     """
     if isinstance(keep_bytes, bool) or not isinstance(keep_bytes, int) or not 0 < keep_bytes < 2**31:
         raise ValueError(f"keep_bytes must be an int in (0, 2**31), got {keep_bytes!r}")
