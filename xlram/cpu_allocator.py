@@ -1,14 +1,14 @@
 """Keep freed CPU blocks of up to 32 MiB in the process heap (glibc), so that big tensors reuse memory.
 
 glibc's malloc serves a request above its mmap threshold (128 KiB at first, rising with use to at
-most 32 MiB) with fresh pages from ``mmap`` and unmaps them on free, and gives the top of its heap back
-to the system once more than twice that is free there. torch allocates CPU tensors with malloc, so
-many large temporaries of a training step are new memory: one page fault per 4 KiB page on its
+most 32 MiB) with fresh pages from ``mmap`` and unmaps them on free, and gives the top of its heap
+back to the system once more than twice that is free there. torch allocates CPU tensors with malloc,
+so many large temporaries of a training step are new memory: one page fault per 4 KiB page on its
 first write, and the kernel zeroes every page. Measured on the project's 2-core EPYC, one thread,
 fp32 chunkwise mLSTM forward + backward at B=1, H=4, d=128, once warm, one process each way in
 alternation: S=1,024 28.7-30.6 -> 24.4-24.8 ms (CPU time, system time included); S=4,096 132-133 ->
-97-98 ms, with 10-28 thousand page faults per call -> 0-2 thousand. The price: such a process kept
-694-790 MB resident against 527-687 MB untuned.
+97-98 ms, with up to 28 thousand page faults per call (a median of about 14 thousand) -> 0-2
+thousand. The price: such a process kept 694-790 MB resident against 527-687 MB untuned.
 
 :func:`tune_cpu_allocator` fixes the mmap threshold at 32 MiB (so glibc's first large frees do not
 decide it) and raises the trim threshold, so the heap keeps up to ``keep_bytes`` of freed memory
