@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from xlram.ops.mlstm.memory_numba import update_head
 from xlram.ops.numba_math import exp_neg, log_sigmoid, silu
 from xlram.ops.numba_math import jit as _jit
 from xlram.ops.slstm.cell_numba import cell
@@ -161,27 +162,6 @@ def _conv_step(x, w, b, state):
 
 
 @_jit
-def _memory_update(C, n, decay, kig, v, qs):
-    """One head's memory, in place: C (dk, dv) <- decay C + kig vᵀ, n (dk,) <- decay n + kig; returns
-    the read-outs (C_newᵀ qs (dv,), n_new·qs). One pass over C."""
-    dk, dv = C.shape
-    num = np.zeros(dv, dtype=C.dtype)
-    qn = 0.0
-    for p in range(dk):
-        kk = kig[p]
-        qq = qs[p]
-        row = C[p]
-        for j in range(dv):
-            c = decay * row[j] + kk * v[j]
-            row[j] = c
-            num[j] += qq * c
-        np_ = decay * n[p] + kk
-        n[p] = np_
-        qn += qq * np_
-    return num, qn
-
-
-@_jit
 def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w, i_b, f_w, f_b, C, n, m,
               out_w, out_b, out_eps, skip, eps):  # pragma: no cover - compiled
     """The mLSTM layer between its two projections: from ``up = proj_up(LayerNorm(x))`` (B, 2 Di), the
@@ -203,6 +183,7 @@ def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w,
     kig = np.empty(DH, dtype=C.dtype)  # scalars and rows in the state's dtype, so the inner loop of
     qs = np.empty(DH, dtype=C.dtype)  # the update vectorises without conversions
     decay = np.empty(1, dtype=C.dtype)
+    num = np.empty(DH, dtype=C.dtype)
     for r in range(B):
         for h in range(NH):
             a = log_sigmoid(fg[r, h]) + m[r, h]
@@ -216,7 +197,7 @@ def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w,
                 kig[p] = qkv[r, Di + lo + p] * gain
                 qs[p] = qkv[r, lo + p] * scale
             v = qkv[r, 2 * Di + lo:2 * Di + lo + DH]
-            num, qn = _memory_update(C[r, h], n[r, h], decay[0], kig, v, qs)
+            qn = update_head(C[r, h], n[r, h], decay[0], kig, v, qs, num)
             den = max(abs(qn), math.exp(-m_new)) + eps
             for j in range(DH):
                 hid[r, lo + j] = num[j] / den

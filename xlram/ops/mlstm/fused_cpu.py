@@ -19,29 +19,13 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 def _build():
-    import numba
+    from xlram.ops.mlstm.memory_numba import update_head
+    from xlram.ops.numba_math import jit
 
-    @numba.njit(cache=True, nogil=True)
+    @jit
     def update(C, n, fg, kig, v, qs, num, qn):  # pragma: no cover - compiled, tested through the wrapper
-        BH, dk, dv = C.shape
-        for b in range(BH):
-            a = fg[b]
-            acc = num[b]
-            acc[:] = 0
-            s = 0.0
-            vb = v[b]
-            for r in range(dk):
-                kk = kig[b, r]
-                qq = qs[b, r]
-                row = C[b, r]
-                for j in range(dv):
-                    c = a * row[j] + kk * vb[j]
-                    row[j] = c
-                    acc[j] += qq * c
-                nr = a * n[b, r] + kk
-                n[b, r] = nr
-                s += qq * nr
-            qn[b] = s
+        for b in range(C.shape[0]):
+            qn[b] = update_head(C[b], n[b], fg[b], kig[b], v[b], qs[b], num[b])
 
     return update
 
