@@ -15,14 +15,16 @@ thread count is ``OPENBLAS_NUM_THREADS`` (read when it loads), not torch's; the 
 ``GEMM_ROWS`` rows on run in torch's BLAS.
 
 The kernels (``xlram.kernels.numba_step``) read the parameters through numpy views of their memory,
-made once. In-place updates (an optimiser step, ``load_state_dict``) are seen at once. A parameter
-whose memory moved (``.to()``, a ``.data`` assignment, a new Parameter) is noticed by its data pointer,
-and the views are made again.
+made once, and the state through views made once per state object (36 µs for the 3.5M-parameter LM,
+so alternating two states costs that per step). In-place updates (an optimiser step,
+``load_state_dict``) are seen at once. A parameter whose memory moved (``.to()``, a ``.data``
+assignment, a new Parameter) is noticed by its data pointer, and the views are made again.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -93,49 +95,80 @@ def _np(t: torch.Tensor | None, dtype, shape=(0,)) -> np.ndarray:
     return t.numpy()
 
 
-def _mlstm_args(block, dt) -> tuple:
-    """The parameters of an MLSTMBlock in ``mlstm_block_step``'s order (before the state)."""
+class _Params(NamedTuple):
+    """One block's parameters for the kernels of ``xlram.kernels.numba_step``, by part, made once.
+
+    The stateful kernel (``mlstm_mid`` after ``up``; ``slstm_pre`` after x) takes
+    ``(*pre_conv, conv_state, *pre_cell, *cell_state, *post_cell)``. ``norm``: the mLSTM block norm's
+    (w, b, eps), before proj_up (empty for sLSTM, whose norm is in ``pre_conv``). ``up``, ``down``: the
+    two projections' (weight, bias) as numpy views; ``up_t``, ``down_t`` as torch tensors (bias None
+    where absent). ``act``: the sLSTM FFN's activation code.
+    """
+
+    kind: str
+    norm: tuple
+    pre_conv: tuple
+    pre_cell: tuple
+    post_cell: tuple
+    up: tuple
+    down: tuple
+    up_t: tuple
+    down_t: tuple
+    act: int
+
+
+def _linear_parts(lin, dt) -> tuple[tuple, tuple]:
+    """A Linear's (weight, bias) as numpy views (an empty bias for None) and as torch tensors."""
+    bias = None if lin.bias is None else lin.bias.detach()
+    return (_np(lin.weight, dt), _np(lin.bias, dt)), (lin.weight.detach(), bias)
+
+
+def _conv_parts(conv, channels: int, dt) -> tuple:
+    """A causal conv's (weight (C, K), bias) as numpy views; (C, 0) and empty where there is none."""
+    if conv is None:
+        return np.zeros((channels, 0), dtype=dt), _np(None, dt)
+    return _np(conv.weight, dt), _np(conv.bias, dt)
+
+
+def _mlstm_params(block, dt) -> _Params:
     layer = block.layer
-    conv = layer.conv
-    conv_w = _np(conv.weight, dt) if conv is not None else np.zeros((layer.inner_dim, 0), dtype=dt)
-    conv_b = _np(conv.bias if conv is not None else None, dt)
-    return (
-        _np(block.norm.weight, dt), _np(block.norm.bias, dt), block.norm.eps,
-        _np(layer.proj_up.weight, dt), _np(layer.proj_up.bias, dt), conv_w, conv_b,
-    ), (
-        _np(layer.q_proj.weight, dt), _np(layer.q_proj.bias, dt),
-        _np(layer.k_proj.weight, dt), _np(layer.k_proj.bias, dt),
-        _np(layer.v_proj.weight, dt), _np(layer.v_proj.bias, dt),
-        _np(layer.igate.weight, dt), _np(layer.igate.bias, dt),
-        _np(layer.fgate.weight, dt), _np(layer.fgate.bias, dt),
-    ), (
-        _np(layer.outnorm.weight, dt), _np(layer.outnorm.bias, dt), layer.outnorm.eps,
-        _np(layer.learnable_skip, dt), _np(layer.proj_down.weight, dt), _np(layer.proj_down.bias, dt),
-        layer.eps,
+    (up, up_t), (down, down_t) = _linear_parts(layer.proj_up, dt), _linear_parts(layer.proj_down, dt)
+    return _Params(
+        "mlstm",
+        norm=(_np(block.norm.weight, dt), _np(block.norm.bias, dt), block.norm.eps),
+        pre_conv=_conv_parts(layer.conv, layer.inner_dim, dt),
+        pre_cell=tuple(_np(t, dt) for lin in (layer.q_proj, layer.k_proj, layer.v_proj, layer.igate,
+                                              layer.fgate) for t in (lin.weight, lin.bias)),
+        post_cell=(_np(layer.outnorm.weight, dt), _np(layer.outnorm.bias, dt), layer.outnorm.eps,
+                   _np(layer.learnable_skip, dt), layer.eps),
+        up=up, down=down, up_t=up_t, down_t=down_t, act=0,
     )
 
 
-def _slstm_args(block, dt) -> tuple:
-    """The parameters of an SLSTMBlock in ``slstm_block_step``'s order (around the state)."""
+def _slstm_params(block, dt) -> _Params:
     from xlram.kernels.numba_step import FFN_ACTS
 
     layer, ffn = block.layer, block.ffn
-    conv = layer.conv
-    conv_w = _np(conv.weight, dt) if conv is not None else np.zeros((layer.dim, 0), dtype=dt)
-    conv_b = _np(conv.bias if conv is not None else None, dt)
     NH, DH = layer.num_heads, layer.head_dim
-    R = layer.recurrent_kernel.detach().view(NH, DH, 4 * DH).numpy()
-    return (
-        _np(block.norm.weight, dt), _np(block.norm.bias, dt), block.norm.eps, conv_w, conv_b,
-    ), (
-        _np(layer.igate.weight, dt), _np(layer.fgate.weight, dt), _np(layer.zgate.weight, dt),
-        _np(layer.ogate.weight, dt), R, _np(layer.bias, dt),
-    ), (
-        layer.forget_gate == "exp", _np(layer.norm.weight, dt), _np(layer.norm.bias, dt), layer.norm.eps,
-        _np(block.ffn_norm.weight, dt), _np(block.ffn_norm.bias, dt), block.ffn_norm.eps,
-        _np(ffn.proj_up.weight, dt), _np(ffn.proj_up.bias, dt), FFN_ACTS[ffn.act_name],
-        _np(ffn.proj_down.weight, dt), _np(ffn.proj_down.bias, dt),
+    (up, up_t), (down, down_t) = _linear_parts(ffn.proj_up, dt), _linear_parts(ffn.proj_down, dt)
+    return _Params(
+        "slstm",
+        norm=(),
+        pre_conv=(_np(block.norm.weight, dt), _np(block.norm.bias, dt), block.norm.eps,
+                  *_conv_parts(layer.conv, layer.dim, dt)),
+        pre_cell=(_np(layer.igate.weight, dt), _np(layer.fgate.weight, dt), _np(layer.zgate.weight, dt),
+                  _np(layer.ogate.weight, dt), layer.recurrent_kernel.detach().view(NH, DH, 4 * DH).numpy(),
+                  _np(layer.bias, dt)),
+        post_cell=(layer.forget_gate == "exp", _np(layer.norm.weight, dt), _np(layer.norm.bias, dt),
+                   layer.norm.eps, _np(block.ffn_norm.weight, dt), _np(block.ffn_norm.bias, dt),
+                   block.ffn_norm.eps),
+        up=up, down=down, up_t=up_t, down_t=down_t, act=FFN_ACTS[ffn.act_name],
     )
+
+
+def _stateful(p: _Params, state: tuple) -> tuple:
+    """The stateful kernel's arguments: ``state`` (conv, *cell) numpy views put between the parts."""
+    return (*p.pre_conv, state[0], *p.pre_cell, *state[1:], *p.post_cell)
 
 
 class FusedStep:
@@ -149,11 +182,11 @@ class FusedStep:
         self.stack = stack
         self._ptrs: tuple = ()
         self._registered, self._params = -1, []
-        self._args: list = []
-        self._linears: list = []  # per block: the torch weights and biases of its two projections
+        self._dt = None  # numpy dtype of the parameter views; None until they are made
+        self._params_np: list[_Params] = []
         self._post = None
         self._decisions: dict = {}
-        self._state_key, self._state_views, self._calls = None, None, []
+        self._state_key, self._stateful, self._calls = None, [], []
 
     def _refresh(self) -> None:
         """Forget the numpy views when any parameter's memory moved or a parameter was registered
@@ -163,21 +196,7 @@ class FusedStep:
         ptrs = tuple(map(_DATA_PTR, self._params))
         if ptrs == self._ptrs:
             return
-        self._ptrs, self._args, self._decisions, self._state_key = ptrs, [], {}, None
-
-    def _build(self, dt) -> None:
-        from xlram.blocks import MLSTMBlock
-
-        args = [("mlstm", _mlstm_args(b, dt)) if isinstance(b, MLSTMBlock) else ("slstm", _slstm_args(b, dt))
-                for b in self.stack.blocks]
-        post = self.stack.post_blocks_norm
-        self._post = None if isinstance(post, torch.nn.Identity) else (
-            _np(post.weight, dt), _np(post.bias, dt), post.eps)
-        self._args = args
-        pairs = [(b.layer.proj_up, b.layer.proj_down) if isinstance(b, MLSTMBlock)
-                 else (b.ffn.proj_up, b.ffn.proj_down) for b in self.stack.blocks]
-        self._linears = [tuple((lin.weight.detach(), None if lin.bias is None else lin.bias.detach())
-                               for lin in pair) for pair in pairs]
+        self._ptrs, self._dt, self._params_np, self._decisions, self._state_key = ptrs, None, [], {}, None
 
     def _applies(self, x: torch.Tensor) -> bool:
         # What may change from call to call is checked on every call; the rest once per key.
@@ -186,51 +205,49 @@ class FusedStep:
         key = (x.dtype, x.device, self.stack.training)
         if key not in self._decisions:
             ok = unsupported(self.stack, x) is None
-            if ok and not self._args:
-                self._build(x.detach().numpy().dtype)
+            if ok and self._dt is None:
+                from xlram.blocks import MLSTMBlock
+
+                self._dt = dt = x.detach().numpy().dtype
+                self._params_np = [(_mlstm_params if isinstance(b, MLSTMBlock) else _slstm_params)(b, dt)
+                                   for b in self.stack.blocks]
+                post = self.stack.post_blocks_norm
+                self._post = None if isinstance(post, torch.nn.Identity) else (
+                    _np(post.weight, dt), _np(post.bias, dt), post.eps)
             self._decisions[key] = ok
         return self._decisions[key]
 
-    def _states(self, state: tuple, dtype: torch.dtype) -> list | None:
-        """Numpy views of the state tensors per block, cached for the state object last seen; None when
-        a tensor is not of ``dtype`` (the torch step then runs)."""
+    def _prepare(self, state: tuple, dtype: torch.dtype) -> bool:
+        """Numpy views of ``state`` and each block's stateful arguments, cached for the state object
+        last seen; False when a state tensor is not of ``dtype`` (the torch step then runs)."""
+        from xlram.kernels import numba_step as k
+
         if state is self._state_key:
-            return self._state_views
+            return True
         views = []
         for s in state:
             tensors = (s.conv, *s.cell)
             if any(t.dtype != dtype or not t.is_contiguous() for t in tensors):
-                return None
+                return False
             views.append(tuple(t.numpy() for t in tensors))
-        self._state_key, self._state_views = state, views
-        self._calls = [self._block_call(kind, *args, v)
-                       for (kind, args), v in zip(self._args, views, strict=True)]
-        return views
-
-    @staticmethod
-    def _block_call(kind, a, b, c, v) -> tuple:
-        """(kernel, its arguments after x) of one block below ``GEMM_ROWS`` rows, state views included."""
-        from xlram.kernels import numba_step as k
-
-        if kind == "mlstm":
-            conv, C, n, m = v
-            return k.mlstm_block_step, (*a, conv, *b, C, n, m, *c)
-        conv, h, cs, n, m = v
-        return k.slstm_block_step, (*a, conv, *b, h, cs, n, m, *c)
+        self._stateful = [_stateful(p, v) for p, v in zip(self._params_np, views, strict=True)]
+        # below GEMM_ROWS: one kernel per block, its arguments made once here
+        self._calls = [(k.mlstm_block_step, (*p.norm, *p.up, *a, *p.down)) if p.kind == "mlstm"
+                       else (k.slstm_block_step, (*a, p.act, *p.up, *p.down))
+                       for p, a in zip(self._params_np, self._stateful, strict=True)]
+        self._state_key = state
+        return True
 
     def run(self, x: torch.Tensor, state: tuple) -> torch.Tensor | None:
         from xlram.kernels import numba_step as k
 
         self._refresh()
-        if not self._applies(x):
-            return None
-        views = self._states(state, x.dtype)
-        if views is None:
+        if not self._applies(x) or not self._prepare(state, x.dtype):
             return None
         y_t = x.detach().contiguous().clone()
         y = y_t.numpy()  # (B, D), updated block by block
         if x.shape[0] >= GEMM_ROWS:
-            self._run_with_torch_matmuls(y, y_t, views)
+            self._run_with_torch_matmuls(y, y_t)
         else:
             for kernel, args in self._calls:
                 kernel(y, *args)
@@ -238,7 +255,7 @@ class FusedStep:
             k.layer_norm_(y, *self._post)
         return y_t
 
-    def _run_with_torch_matmuls(self, y, y_t, views) -> None:
+    def _run_with_torch_matmuls(self, y, y_t) -> None:
         """The blocks with their two projections as torch matmuls (``GEMM_ROWS``); y and y_t share memory."""
         from xlram.kernels import numba_step as k
 
@@ -250,13 +267,9 @@ class FusedStep:
             if b is not None:
                 y_t.add_(b)
 
-        for (kind, (a, b, c)), s, ((up_w, up_b), (down_w, down_b)) in zip(
-                self._args, views, self._linears, strict=True):
-            if kind == "mlstm":
-                conv, C, n, m = s
-                up = project(k.layer_norm(y, a[0], a[1], a[2]), up_w, up_b)
-                add_projection(k.mlstm_mid(up, a[5], a[6], conv, *b, C, n, m, *c[:4], c[6]), down_w, down_b)
+        for p, a in zip(self._params_np, self._stateful, strict=True):
+            if p.kind == "mlstm":
+                up = project(k.layer_norm(y, *p.norm), *p.up_t)
+                add_projection(k.mlstm_mid(up, *a), *p.down_t)
             else:
-                conv, h, cs, n, m = s
-                xn = k.slstm_pre(y, *a, conv, *b, h, cs, n, m, *c[:7])
-                add_projection(k.gated_act(project(xn, up_w, up_b), c[9]), down_w, down_b)
+                add_projection(k.gated_act(project(k.slstm_pre(y, *a), *p.up_t), p.act), *p.down_t)

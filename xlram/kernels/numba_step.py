@@ -211,9 +211,10 @@ def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w,
 @_jit
 def mlstm_block_step(x, norm_w, norm_b, norm_eps, up_w, up_b, conv_w, conv_b, conv_state,
                      q_w, q_b, k_w, k_b, v_w, v_b, i_w, i_b, f_w, f_b, C, n, m,
-                     out_w, out_b, out_eps, skip, down_w, down_b, eps):  # pragma: no cover - compiled
+                     out_w, out_b, out_eps, skip, eps, down_w, down_b):  # pragma: no cover - compiled
     """``x += MLSTMLayer(LayerNorm(x))`` for one step, the cell state (C, n, m) and conv state in place.
 
+    The arguments after x: the block norm's, proj_up's, ``mlstm_mid``'s after ``up``, proj_down's.
     up_w (2 Di, D); conv_w (Di, K) or (Di, 0); q/k/v_w (Di/bs, bs, bs); i_w, f_w (NH, 3 Di);
     out_w (Di,) the per-head norm's weight; skip (Di,); down_w (D, Di).
     """
@@ -303,10 +304,12 @@ def gated_act(up, act):  # pragma: no cover - compiled
 @_jit
 def slstm_block_step(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
                      h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps,
-                     ffn_norm_w, ffn_norm_b, ffn_norm_eps, ffn_up_w, ffn_up_b, act, ffn_down_w,
+                     ffn_norm_w, ffn_norm_b, ffn_norm_eps, act, ffn_up_w, ffn_up_b, ffn_down_w,
                      ffn_down_b):  # pragma: no cover - compiled
-    """``x += SLSTMLayer(LayerNorm(x))`` then ``x += GatedFFN(LayerNorm(x))`` for one step (see
-    ``slstm_pre``); ffn_up_w (2 Dff, D), ffn_down_w (D, Dff)."""
+    """``x += SLSTMLayer(LayerNorm(x))`` then ``x += GatedFFN(LayerNorm(x))`` for one step.
+
+    The arguments after x: ``slstm_pre``'s, the FFN's activation code, its proj_up's and proj_down's;
+    ffn_up_w (2 Dff, D), ffn_down_w (D, Dff)."""
     xn = slstm_pre(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
                    h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps, ffn_norm_w, ffn_norm_b,
                    ffn_norm_eps)
