@@ -183,7 +183,7 @@ class FusedStep:
         self._ptrs: tuple = ()
         self._registered, self._params = -1, []
         self._dt = None  # numpy dtype of the parameter views; None until they are made
-        self._params_np: list[_Params] = []
+        self._block_params: list[_Params] = []
         self._post = None
         self._decisions: dict = {}
         self._state_key, self._stateful, self._calls = None, [], []
@@ -196,7 +196,7 @@ class FusedStep:
         ptrs = tuple(map(_DATA_PTR, self._params))
         if ptrs == self._ptrs:
             return
-        self._ptrs, self._dt, self._params_np, self._decisions, self._state_key = ptrs, None, [], {}, None
+        self._ptrs, self._dt, self._block_params, self._decisions, self._state_key = ptrs, None, [], {}, None
 
     def _applies(self, x: torch.Tensor) -> bool:
         # What may change from call to call is checked on every call; the rest once per key.
@@ -209,7 +209,7 @@ class FusedStep:
                 from xlram.blocks import MLSTMBlock
 
                 self._dt = dt = x.detach().numpy().dtype
-                self._params_np = [(_mlstm_params if isinstance(b, MLSTMBlock) else _slstm_params)(b, dt)
+                self._block_params = [(_mlstm_params if isinstance(b, MLSTMBlock) else _slstm_params)(b, dt)
                                    for b in self.stack.blocks]
                 post = self.stack.post_blocks_norm
                 self._post = None if isinstance(post, torch.nn.Identity) else (
@@ -230,11 +230,11 @@ class FusedStep:
             if any(t.dtype != dtype or not t.is_contiguous() for t in tensors):
                 return False
             views.append(tuple(t.numpy() for t in tensors))
-        self._stateful = [_stateful(p, v) for p, v in zip(self._params_np, views, strict=True)]
+        self._stateful = [_stateful(p, v) for p, v in zip(self._block_params, views, strict=True)]
         # below GEMM_ROWS: one kernel per block, its arguments made once here
         self._calls = [(k.mlstm_block_step, (*p.norm, *p.up, *a, *p.down)) if p.kind == "mlstm"
                        else (k.slstm_block_step, (*a, p.act, *p.up, *p.down))
-                       for p, a in zip(self._params_np, self._stateful, strict=True)]
+                       for p, a in zip(self._block_params, self._stateful, strict=True)]
         self._state_key = state
         return True
 
@@ -267,7 +267,7 @@ class FusedStep:
             if b is not None:
                 y_t.add_(b)
 
-        for p, a in zip(self._params_np, self._stateful, strict=True):
+        for p, a in zip(self._block_params, self._stateful, strict=True):
             if p.kind == "mlstm":
                 up = project(k.layer_norm(y, *p.norm), *p.up_t)
                 add_projection(k.mlstm_mid(up, *a), *p.down_t)
