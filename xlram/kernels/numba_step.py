@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from xlram.ops.mlstm.memory_numba import update_head
+from xlram.ops.norm_numba import norm_row
 from xlram.ops.numba_math import exp_neg, log_sigmoid, silu
 from xlram.ops.numba_math import jit as _jit
 from xlram.ops.slstm.cell_numba import cell
@@ -37,48 +38,21 @@ FFN_ACTS = {"gelu": 0, "swish": 1, "silu": 1, "relu": 2}
 @_jit
 def _layer_norm(x, w, b, eps):
     """LayerNorm over the last dim of x (B, D) with weight w and optional bias b: a new array."""
-    B, D = x.shape
     out = np.empty_like(x)
-    for r in range(B):
-        mean = 0.0
-        for j in range(D):
-            mean += x[r, j]
-        mean /= D
-        var = 0.0
-        for j in range(D):
-            d = x[r, j] - mean
-            var += d * d
-        inv = 1.0 / math.sqrt(var / D + eps)
-        for j in range(D):
-            y = (x[r, j] - mean) * inv * w[j]
-            out[r, j] = y + b[j] if b.shape[0] else y
+    for r in range(x.shape[0]):
+        norm_row(x[r], w, b, eps, out[r])
     return out
 
 
 @_jit
 def _head_norm(x, nh, w, b, eps):
     """Per-head LayerNorm of x (B, NH*DH) in place, then the optional weight w and bias b (NH*DH)."""
-    B, width = x.shape
-    dh = width // nh
-    for r in range(B):
+    dh = x.shape[1] // nh
+    for r in range(x.shape[0]):
         for h in range(nh):
             lo = h * dh
-            mean = 0.0
-            for j in range(lo, lo + dh):
-                mean += x[r, j]
-            mean /= dh
-            var = 0.0
-            for j in range(lo, lo + dh):
-                d = x[r, j] - mean
-                var += d * d
-            inv = 1.0 / math.sqrt(var / dh + eps)
-            for j in range(lo, lo + dh):
-                y = (x[r, j] - mean) * inv
-                if w.shape[0]:
-                    y *= w[j]
-                if b.shape[0]:
-                    y += b[j]
-                x[r, j] = y
+            seg = x[r, lo:lo + dh]
+            norm_row(seg, w[lo:lo + dh], b[lo:lo + dh], eps, seg)  # an empty w or b slices to empty
 
 
 @_jit

@@ -24,10 +24,11 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 def _build():
-    import math
 
     import numba
     import numpy as np
+
+    from xlram.ops.norm_numba import norm_row
 
     jit = numba.njit(cache=True, nogil=True)
 
@@ -41,28 +42,9 @@ def _build():
             for s in range(S):
                 yr, xr, gr = y[bb, s], xc[bb, s], g[bb, s]
                 for hd in range(NH):
-                    hr = h[bb, hd, s]
-                    mean = 0.0
-                    for j in range(DH):
-                        mean += hr[j]
-                    mean /= DH
-                    var = 0.0
-                    for j in range(DH):
-                        d = hr[j] - mean
-                        var += d * d
-                    rstd = 1.0 / math.sqrt(var / DH + eps)
-                    stats[0, bb, hd, s], stats[1, bb, hd, s] = mean, rstd
                     lo = hd * DH
-                    for j in range(DH):
-                        n[j] = (hr[j] - mean) * rstd
-                    if w.shape[0]:
-                        ws = w[lo:lo + DH]
-                        for j in range(DH):
-                            n[j] *= ws[j]
-                    if b.shape[0]:
-                        bs = b[lo:lo + DH]
-                        for j in range(DH):
-                            n[j] += bs[j]
+                    mean, rstd = norm_row(h[bb, hd, s], w[lo:lo + DH], b[lo:lo + DH], eps, n)
+                    stats[0, bb, hd, s], stats[1, bb, hd, s] = mean, rstd
                     ys, xs, gs, ks = yr[lo:lo + DH], xr[lo:lo + DH], gr[lo:lo + DH], skip[lo:lo + DH]
                     for j in range(DH):
                         ys[j] = (n[j] + ks[j] * xs[j]) * gs[j]
