@@ -13,7 +13,7 @@ thousand. The price: such a process kept 694-790 MB resident against 527-687 MB 
 :func:`tune_cpu_allocator` fixes the mmap threshold at 32 MiB (so glibc's first large frees do not
 decide it) and raises the trim threshold, so the heap keeps up to ``keep_bytes`` of freed memory
 instead of returning it. Larger blocks still come from mmap: at S=16,384 (64 MB temporaries) the
-faults stay (90-135 thousand per call against 140-160 thousand). The ``xlram`` command and
+faults stay (90-135 thousand per call against 139-172 thousand untuned). The ``xlram`` command and
 ``python -m xlram.train`` call it on start; a program that imports xlram calls it itself (or sets
 glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``).
 """
