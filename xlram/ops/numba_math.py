@@ -1,4 +1,4 @@
-"""Elementwise functions for numba kernels that vectorise (SIMD), in fp64.
+"""Elementwise functions for numba kernels that vectorise (SIMD), in fp64, and a vectorising dot product.
 
 numba has no vector math library: a loop that calls ``math.exp`` makes one scalar libm call per
 element (about 3 ns on the 2-core EPYC, more than the rest of an elementwise pass). These are
@@ -114,3 +114,15 @@ def log_sigmoid(x):  # pragma: no cover - compiled
     """log sigmoid(x) = min(x, 0) - log(1 + e^-|x|)."""
     x = float(x)
     return min(x, 0.0) - log1p_unit(exp_neg(-abs(x)))
+
+
+# reassoc: the partial sums may be reordered (vectorised), as in a BLAS dot. Not inline="always":
+# numba's own inlining compiles the body with the caller's flags, without reassoc (6x slower, measured).
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def dot(a, b):  # pragma: no cover - compiled
+    """a · b for 1-D a, b of one length, summed in a's dtype in any order."""
+    t = a.dtype.type(0)
+    for c in range(a.shape[0]):
+        t += a[c] * b[c]
+    return t
+

@@ -20,18 +20,13 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 def _build():
-    import numba
+    from xlram.ops.numba_math import dot, jit
 
-    # reassoc: the partial sums of a row may be reordered (vectorised), as in a BLAS dot.
-    @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+    @jit
     def rowdot(x, y, out):  # pragma: no cover - compiled
         """x, y (N, d); out (N,) <- the dot product of each row pair."""
         for i in range(x.shape[0]):
-            xr, yr = x[i], y[i]
-            s = xr[0] * 0
-            for j in range(x.shape[1]):
-                s += xr[j] * yr[j]
-            out[i] = s
+            out[i] = dot(x[i], y[i])
 
     return rowdot
 

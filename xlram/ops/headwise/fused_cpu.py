@@ -35,6 +35,8 @@ def _build():
     import numba
     import numpy as np
 
+    from xlram.ops.numba_math import dot
+
     jit = numba.njit(cache=True, nogil=True)
 
     @jit
@@ -57,14 +59,6 @@ def _build():
                 for p in range(bs):
                     for q in range(bs):
                         out[m, h, p, q] = dwd[m, q - p + bs - 1, h * bs + p]
-
-    @numba.njit(cache=True, nogil=True, fastmath=True)
-    def _dot(a, b):  # pragma: no cover - compiled
-        """a · b in a's dtype, summed in any order (so that it vectorises)."""
-        t = a.dtype.type(0)
-        for c in range(a.shape[0]):
-            t += a[c] * b[c]
-        return t
 
     @jit
     def _diagonal_sum(w, xp, acc):  # pragma: no cover - compiled
@@ -100,7 +94,7 @@ def _build():
                     for g in range(NSEG):
                         y[b, g, s, :] = acc[g * SEG:(g + 1) * SEG]
                 for j in range(wg.shape[0]):
-                    side[b, s, j] = _dot(wg[j], xr)
+                    side[b, s, j] = dot(wg[j], xr)
 
     @jit
     def backward(x, wd, wdt, dy0, dy1, dx, dwd, wg, dside, dwg):  # pragma: no cover - compiled
