@@ -15,7 +15,7 @@ import pytest
 from xlram.train.commands import main
 
 ARGS = ["--model", "lm-xlstm[1:0]-tiny", "--steps", "20", "--batch-size", "8", "--seq-len", "32",
-        "--eval-windows", "4", "--ckpt-every", "10", "--no-progress", "--no-tensorboard"]
+        "--eval-windows", "4", "--ckpt-every", "10", "--no-progress", "--no-tensorboard", "--device", "cpu"]
 TOLERANCE = 1e-5
 
 
@@ -79,3 +79,13 @@ def test_fsdp_two_processes_match_one_and_resume_in_one(tmp_path, one_process):
     resumed = _losses(tmp_path / "fsdp")
     later = range(11, 21)
     assert _max_diff({k: resumed[k] for k in later}, {k: sharded[k] for k in later}) < TOLERANCE
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    import torch
+
+    from xlram.train.distributed import setup
+
+    monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))
+    with pytest.raises(ValueError, match=r"CUDA device\(s\)\. Start at most .* or pass --device cpu"):
+        setup("cuda")

@@ -62,7 +62,8 @@ def _env_int(name: str, default: int) -> int:
 def setup(device: str = "auto") -> Dist:
     """Join the ``torchrun`` process group when there is one; choose the device.
 
-    ``device="auto"``: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
+    ``device="auto"``: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. A CUDA device that
+    does not exist (more processes per node than GPUs) is a ValueError, not a CUDA error.
     """
     world = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
@@ -72,6 +73,11 @@ def setup(device: str = "auto") -> Dist:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise ValueError(
+                f"device {dev} (LOCAL_RANK {local_rank}) does not exist: this machine has {count} CUDA "
+                f"device(s). Start at most {count} process(es) per node, or pass --device cpu")
         torch.cuda.set_device(dev)
     owns = False
     if dist.is_initialized():
