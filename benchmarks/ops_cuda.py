@@ -6,7 +6,7 @@ Needs a CUDA GPU; without one it exits with a message and writes nothing. In one
 tokens B·S = 65,536 (S from 2,048 to 65,536, the TFLA "consttoken" sweep), 16 heads, dk 128, dv 256,
 bf16, it times forward and forward+backward of
 
-- ``xlram-triton``: ``xlram.kernels.mlstm`` (chunk 128, tiles 64; full gradient, normaliser included);
+- ``xlram-triton``: ``xlram.kernels.mlstm`` (chunk 128, tiles 128; full gradient, normaliser included);
 - ``mlstm-kernels-2.0.6/triton_limit_chunk`` (chunk 64) and ``.../triton_xl_chunk`` (TFLA, chunk 128);
 - ``torch-sdpa-flash``: causal softmax attention through torch's flash backend, 32 heads x 128 (the
   same width, as in the TFLA paper's attention baselines);
@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 30, quick 10)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs (default 10, quick 3)")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    parser.add_argument("--impls", nargs="+", default=None, metavar="NAME",
+                        help="time only the impls whose names contain one of these (default all), "
+                             "e.g. --impls xlram sdpa")
+
+
+def _selected(name: str, wanted) -> bool:
+    return not wanted or any(w in name for w in wanted)
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -157,7 +164,7 @@ def _failed(rows, point, err, log):
     log(f"  {point['impl']} failed: {msg}")
 
 
-def _bench_sequence(S, B, dtype, repeats, warmup, impls, gla, rows, log):
+def _bench_sequence(S, B, dtype, repeats, warmup, impls, gla, rows, log, wanted=None):
     import torch
 
     dev = DEVICE
@@ -183,14 +190,15 @@ def _bench_sequence(S, B, dtype, repeats, warmup, impls, gla, rows, log):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     att_shape = dict(op="softmax_attention", heads=32, dk=128, dv=128)
-    att = [torch.randn(B, 32, S, 128, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
-    try:
-        fw, fwbw = _fw_fwbw(sdpa, att, torch.randn_like(att[0]))
-        results["torch-sdpa-flash"] = (_time_ms(fw, repeats, warmup), _time_ms(fwbw, repeats, warmup),
-                                       _peak_mb(fwbw))
-    except Exception as e:
-        _failed(rows, dict(point, impl="torch-sdpa-flash", **att_shape), e, log)
-    del att
+    if _selected("torch-sdpa-flash", wanted):
+        att = [torch.randn(B, 32, S, 128, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
+        try:
+            fw, fwbw = _fw_fwbw(sdpa, att, torch.randn_like(att[0]))
+            results["torch-sdpa-flash"] = (_time_ms(fw, repeats, warmup), _time_ms(fwbw, repeats, warmup),
+                                           _peak_mb(fwbw))
+        except Exception as e:
+            _failed(rows, dict(point, impl="torch-sdpa-flash", **att_shape), e, log)
+        del att
 
     if gla is not None:
         q, k = (torch.randn(B, S, HEADS, DK, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
@@ -222,7 +230,7 @@ def _bench_sequence(S, B, dtype, repeats, warmup, impls, gla, rows, log):
                 rows.append(dict(point, impl=name, metric="max_abs_diff", value=diff, against="xlram-triton"))
 
 
-def _bench_steps(dtype, repeats, warmup, rows, log):
+def _bench_steps(dtype, repeats, warmup, rows, log, wanted=None):
     """Latency of one generation step replayed from a CUDA graph."""
     import torch
 
@@ -242,6 +250,7 @@ def _bench_steps(dtype, repeats, warmup, rows, log):
             dtype_state=torch.float32)
     except Exception as e:
         log(f"  mlstm-kernels step kernel unavailable: {e}")
+    impls = {name: fn for name, fn in impls.items() if _selected(name, wanted)}
 
     for B in STEP_BATCHES:
         g = torch.Generator(device=DEVICE).manual_seed(0)
@@ -338,17 +347,19 @@ def run(args) -> list[dict]:
     def log(msg):
         print(msg, flush=True)
 
+    wanted = getattr(args, "impls", None)
     impls, notes = _mlstm_impls()
-    gla = _gla_impl()
-    if gla is None:
+    impls = {name: fn for name, fn in impls.items() if _selected(name, wanted)}
+    gla = _gla_impl() if _selected("fla/chunk_simple_gla", wanted) else None
+    if gla is None and _selected("fla/chunk_simple_gla", wanted):
         notes.append("fla (flash-linear-attention) not importable: chunk_simple_gla skipped")
     for n in notes:
         log(n)
     log(f"device: {torch.cuda.get_device_name()}; B·S = {tokens}, {HEADS} heads, dk {DK}, dv {DV}, bf16")
     rows: list[dict] = []
     for S in seq_lens:
-        _bench_sequence(S, max(1, tokens // S), dtype, repeats, warmup, impls, gla, rows, log)
-    _bench_steps(dtype, repeats, warmup, rows, log)
+        _bench_sequence(S, max(1, tokens // S), dtype, repeats, warmup, impls, gla, rows, log, wanted)
+    _bench_steps(dtype, repeats, warmup, rows, log, wanted)
     if not getattr(args, "no_plots", False):
         _plot(rows, Path(getattr(args, "out", "results")), log)
     return rows
