@@ -35,10 +35,13 @@ from .mlstm_chunkwise_bw import launch_bw
 from .mlstm_chunkwise_fw import launch_fw_out, launch_fw_states
 
 DEFAULT_CHUNK = 128  # TFLA's default chunk
-# Tiles inside a chunk: 64 for 16-bit inputs, 32 for fp32 (whose full-precision dots need twice
-# the registers). With 8 warps ptxas reports no register spills for these on sm_80 and sm_90
-# (checked ahead of time, without a GPU); at 4 warps the 64-tiles spill.
-DEFAULT_TILE = {torch.float32: 32, torch.bfloat16: 64, torch.float16: 64}
+# Tiles inside a chunk and over the head dims: 128 for 16-bit inputs, 32 (head dims 64) for fp32,
+# whose full-precision dots need more registers. On an H100 (bf16, 16 heads, dk 128, dv 256,
+# B x S = 8 x 8,192, chunk 128) the forward took 2.80 ms and forward+backward 13.1 ms with 128-tiles,
+# against 5.35 and 20.7 ms with 64-tiles; every other (chunk 64-256, tile 32-128, head tile 32-128)
+# combination was slower (results/speed-gpu/tile_sweep.log).
+DEFAULT_TILE = {torch.float32: 32, torch.bfloat16: 128, torch.float16: 128}
+DEFAULT_HEAD_TILE = {torch.float32: 64, torch.bfloat16: 128, torch.float16: 128}
 
 
 def prepare_gates(i, f, m0, S: int, L: int):
@@ -108,7 +111,7 @@ def _tiles(S, dk, dv, dtype, chunk_size, tile, head_tile):
             raise ValueError(f"{name}: expected a power of two >= 16 (tl.dot needs tiles of 16), got {x}")
     if chunk_size % tile:
         raise ValueError(f"chunk_size: expected a multiple of the tile size {tile}, got {chunk_size}")
-    head_tile = head_tile or 64
+    head_tile = head_tile or DEFAULT_HEAD_TILE[dtype]
     return chunk_size, tile, tile, pow2_tile(dk, head_tile), pow2_tile(dv, head_tile)
 
 
@@ -228,9 +231,9 @@ def mlstm_chunkwise_triton(
     q, k: (B, H, S, dk); v: (B, H, S, dv) in fp32, bf16 or fp16 (one dtype); i, f: (B, H, S) gate
     pre-activations of any float dtype; state: (C (B, H, dk, dv), n (B, H, dk), m (B, H)) or None.
     ``chunk_size`` (power of two >= 16, default min(128, S rounded up)) is the recurrence step; the
-    parallel part inside a chunk is tiled in ``tile`` x ``tile`` blocks (default min(chunk, 64 for
-    16-bit inputs, 32 for fp32)),
-    head dims in tiles of ``head_tile`` (default 64). Tensors on CUDA, or on CPU under TRITON_INTERPRET=1.
+    parallel part inside a chunk is tiled in ``tile`` x ``tile`` blocks (default min(chunk, 128 for
+    16-bit inputs, 32 for fp32)), head dims in tiles of ``head_tile`` (default 128 for 16-bit inputs,
+    64 for fp32). Tensors on CUDA, or on CPU under TRITON_INTERPRET=1.
 
     Returns h (B, H, S, dv) in v's dtype and MLSTMState(C, n, m) in fp32. Differentiable in every input
     and in the initial state.
