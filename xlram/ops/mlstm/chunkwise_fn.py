@@ -34,20 +34,21 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from xlram.ops import cpu_blas
 from xlram.ops.rowdot import rowdot
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched matmul over all leading dims: (..., n, k) @ (..., k, m) -> (..., n, m)."""
     lead = a.shape[:-2]
-    out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    out = cpu_blas.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
     return out.view(*lead, a.shape[-2], b.shape[-1])
 
 
 def _baddbmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """c + a @ b over all leading dims, in place into c (contiguous)."""
-    torch.baddbmm(c.view(-1, *c.shape[-2:]), a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]),
-                  out=c.view(-1, *c.shape[-2:]))
+    cpu_blas.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out=c.view(-1, *c.shape[-2:]),
+                 beta=1.0)
     return c
 
 
@@ -165,8 +166,8 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     dmrow = dden.mul_(1 - w_abs).mul_(em).neg_()
 
     # num = P v + w0 (q̂ C_c), qn = P 1 + w0 (q̂ n_c), P = (q̂ kᵀ) ⊙ W
-    dP = torch.baddbmm(dqn.view(-1, L, 1), dnum.view(-1, L, dv), v_c.reshape(-1, L, dv).transpose(1, 2))
-    dP = dP.view(B, H, NC, L, L)
+    dP = torch.empty(B, H, NC, L, L, **opts).copy_(dqn[..., None])  # a copy: dqn changes below
+    _baddbmm(dP, dnum, v_c.transpose(-1, -2))
     dv_ = _bmm(P.transpose(-1, -2), dnum)  # (B, H, NC, L, dv)
     X = _bmm(dnum, Cst.transpose(-1, -2)).addcmul_(dqn[..., None], nst[:, :, :, None, :])  # (..., L, dk)
     dw0 = rowdot(X, q_c)
