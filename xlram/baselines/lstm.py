@@ -23,7 +23,7 @@ from xlram.baselines._config import check_positive_int, known_keys
 from xlram.checkpoint import PretrainedMixin
 from xlram.generation import GenerationMixin, check_token_ids
 from xlram.models.registry import register_model
-from xlram.nn import small_init_
+from xlram.nn import Linear, small_init_
 
 __all__ = ["LSTMLM", "LSTMLMConfig"]
 
@@ -96,7 +96,7 @@ class LSTMLM(GenerationMixin, PretrainedMixin, nn.Module):
         self.lstm = nn.LSTM(D, Hd, num_layers=config.num_layers, batch_first=True,
                             dropout=config.dropout if config.num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(config.dropout)
-        self.lm_head = nn.Linear(Hd, config.vocab_size, bias=False)
+        self.lm_head = Linear(Hd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.embedding.weight
         # Unit-scale embeddings (nn.Embedding's own N(0, 1)), not the small init of the normed models: an

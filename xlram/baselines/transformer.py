@@ -33,7 +33,7 @@ from xlram.baselines._config import check_positive_int, known_keys
 from xlram.checkpoint import PretrainedMixin
 from xlram.generation import GenerationMixin, check_token_ids
 from xlram.models.registry import register_model
-from xlram.nn import GatedFFN, RMSNorm, small_init_, wang_init_
+from xlram.nn import GatedFFN, Linear, RMSNorm, small_init_, wang_init_
 
 __all__ = ["KVCache", "TransformerConfig", "TransformerLM", "TransformerLMConfig", "TransformerStack",
            "apply_rope", "rope_angles"]
@@ -262,8 +262,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.config = config
         D, H, Hkv, hd = config.dim, config.num_heads, config.kv_heads, config.head_dim
-        self.qkv = nn.Linear(D, (H + 2 * Hkv) * hd, bias=False)
-        self.out = nn.Linear(H * hd, D, bias=False)
+        self.qkv = Linear(D, (H + 2 * Hkv) * hd, bias=False)
+        self.out = Linear(H * hd, D, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -427,7 +427,7 @@ class TransformerLM(GenerationMixin, PretrainedMixin, nn.Module):
         D = config.transformer.dim
         self.embedding = nn.Embedding(config.vocab_size, D)
         self.stack = TransformerStack(config.transformer)
-        self.lm_head = nn.Linear(D, config.vocab_size, bias=False)
+        self.lm_head = Linear(D, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.embedding.weight
         small_init_(self.embedding.weight, D)

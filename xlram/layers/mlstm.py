@@ -19,7 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlram.nn import CausalConv1d, HeadwiseLinear, HeadwiseNorm, round_up, small_init_, wang_init_
+from xlram.nn import (
+    CausalConv1d,
+    HeadwiseLinear,
+    HeadwiseNorm,
+    Linear,
+    round_up,
+    small_init_,
+    wang_init_,
+)
+from xlram.nn.dense import linear
 from xlram.nn.linear import _grouped, _GroupedLinear
 from xlram.ops import headwise
 from xlram.ops.mlstm import MLSTMState, mlstm, mlstm_step, output_cpu, zero_state
@@ -90,17 +99,17 @@ class MLSTMLayer(nn.Module):
         self.eps, self.form, self.chunk_size = eps, form, chunk_size
         self.conv_kernel_size = conv_kernel_size
 
-        self.proj_up = nn.Linear(dim, 2 * inner, bias=bias)
+        self.proj_up = Linear(dim, 2 * inner, bias=bias)
         self.conv = CausalConv1d(inner, conv_kernel_size) if conv_kernel_size > 0 else None
         n_blocks = inner // qkv_proj_blocksize
         self.q_proj = HeadwiseLinear(inner, inner, n_blocks, bias=bias)
         self.k_proj = HeadwiseLinear(inner, inner, n_blocks, bias=bias)
         self.v_proj = HeadwiseLinear(inner, inner, n_blocks, bias=bias)
-        self.igate = nn.Linear(3 * inner, num_heads)
-        self.fgate = nn.Linear(3 * inner, num_heads)
+        self.igate = Linear(3 * inner, num_heads)
+        self.fgate = Linear(3 * inner, num_heads)
         self.outnorm = HeadwiseNorm(num_heads, self.head_dim, eps=norm_eps)
         self.learnable_skip = nn.Parameter(torch.ones(inner))
-        self.proj_down = nn.Linear(inner, dim, bias=bias)
+        self.proj_down = Linear(inner, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 
@@ -165,7 +174,7 @@ class MLSTMLayer(nn.Module):
         if x_c.numel() < _FOLD_ROWS * self.inner_dim:
             w = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3 Di): both gates in one matmul
             b = torch.cat([self.igate.bias, self.fgate.bias])
-            gates = F.linear(torch.cat([q, k, v], dim=-1), w, b)
+            gates = linear(torch.cat([q, k, v], dim=-1), w, b)
         else:
             gates = self._folded_gates(x_c, x_m)
         i, f = gates.split(self.num_heads, dim=-1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xlram.nn import HeadwiseNorm, small_init_, soft_cap, wang_init_
+from xlram.nn import HeadwiseNorm, Linear, small_init_, soft_cap, wang_init_
 from xlram.ops.mlstm import MLSTMState, mlstm, mlstm_step, zero_state
 from xlram.ops.mlstm.dispatch import choose_chunk
 from xlram.ops.mlstm.recurrent import mlstm_step_
@@ -64,14 +64,14 @@ class MLSTMLargeLayer(nn.Module):
         self.gate_soft_cap = gate_soft_cap
         self.eps, self.form, self.chunk_size = eps, form, chunk_size
 
-        self.q = nn.Linear(dim, qk_dim, bias=bias)
-        self.k = nn.Linear(dim, qk_dim, bias=bias)
-        self.v = nn.Linear(dim, v_dim, bias=bias)
-        self.ogate = nn.Linear(dim, v_dim, bias=bias)
-        self.igate = nn.Linear(dim, num_heads)
-        self.fgate = nn.Linear(dim, num_heads)
+        self.q = Linear(dim, qk_dim, bias=bias)
+        self.k = Linear(dim, qk_dim, bias=bias)
+        self.v = Linear(dim, v_dim, bias=bias)
+        self.ogate = Linear(dim, v_dim, bias=bias)
+        self.igate = Linear(dim, num_heads)
+        self.fgate = Linear(dim, num_heads)
         self.outnorm = HeadwiseNorm(num_heads, self.v_head_dim, bias=bias, eps=norm_eps)
-        self.out_proj = nn.Linear(v_dim, dim, bias=bias)
+        self.out_proj = Linear(v_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 

@@ -23,7 +23,7 @@ from xlram.blocks import XLSTMConfig, XLSTMStack, xlstm_config
 from xlram.checkpoint import PretrainedMixin
 from xlram.generation import GenerationMixin, check_token_ids
 from xlram.models.registry import register_model
-from xlram.nn import small_init_, soft_cap
+from xlram.nn import Linear, small_init_, soft_cap
 
 __all__ = ["XLSTMLM", "XLSTMLMConfig"]
 
@@ -103,7 +103,7 @@ class XLSTMLM(GenerationMixin, PretrainedMixin, nn.Module):
         dim = config.xlstm.embedding_dim
         self.embedding = nn.Embedding(config.vocab_size, dim)
         self.stack = XLSTMStack(config.xlstm)
-        self.lm_head = nn.Linear(dim, config.vocab_size, bias=False)
+        self.lm_head = Linear(dim, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.embedding.weight
         # Small-init for both ends, as the official LM's reset_parameters (nn.Embedding's default N(0, 1)

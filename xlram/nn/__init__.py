@@ -2,6 +2,7 @@
 feed-forward, soft-cap, and the papers' initialisers."""
 
 from .conv import CausalConv1d
+from .dense import Linear
 from .ffn import ACTIVATIONS, GatedFFN, round_up
 from .init import small_init_, wang_init_
 from .linear import HeadwiseLinear
@@ -14,6 +15,7 @@ __all__ = [
     "GatedFFN",
     "HeadwiseLinear",
     "HeadwiseNorm",
+    "Linear",
     "LayerNorm",
     "RMSNorm",
     "SoftCap",

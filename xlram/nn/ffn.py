@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dense import Linear
 from .init import small_init_, wang_init_
 
 #: Activations for the gate branch, by the names the xLSTM configs use ("swish" is SiLU).
@@ -66,8 +67,8 @@ class GatedFFN(nn.Module):
         self.act_name = act
         self.act = ACTIVATIONS[act]
         self.num_blocks = num_blocks
-        self.proj_up = nn.Linear(dim, 2 * self.hidden_dim, bias=bias)
-        self.proj_down = nn.Linear(self.hidden_dim, dim, bias=bias)
+        self.proj_up = Linear(dim, 2 * self.hidden_dim, bias=bias)
+        self.proj_down = Linear(self.hidden_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 

@@ -1,0 +1,70 @@
+"""xlram.nn.Linear / linear: the OpenBLAS route gives F.linear's outputs and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xlram.nn import Linear
+from xlram.nn.dense import _uses_blas, linear
+from xlram.ops import cpu_blas
+
+
+def _grads(fn, x, w, b, dy):
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    b = None if b is None else b.detach().requires_grad_()
+    y = fn(x, w, b)
+    y.backward(dy)
+    return [y] + [t.grad for t in (x, w, b) if t is not None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(5,), (3, 7, 5), (1, 1, 5)])
+def test_matches_f_linear(dtype, bias, shape):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, dtype=dtype, generator=gen)
+    w = torch.randn(4, 5, dtype=dtype, generator=gen)
+    b = torch.randn(4, dtype=dtype, generator=gen) if bias else None
+    dy = torch.randn(*shape[:-1], 4, dtype=dtype, generator=gen)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, want in zip(_grads(linear, x, w, b, dy), _grads(F.linear, x, w, b, dy), strict=True):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), rtol=tol, atol=tol)
+
+
+def test_strided_input_and_transposed_gradient():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 10, generator=gen)[:, ::2]  # no unit stride
+    w, b = torch.randn(3, 5, generator=gen), torch.randn(3, generator=gen)
+    dy = torch.randn(3, 6, generator=gen).t()  # a transposed upstream gradient
+    for got, want in zip(_grads(linear, x, w, b, dy), _grads(F.linear, x, w, b, dy), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_module_is_nn_linear_with_the_same_state():
+    torch.manual_seed(0)
+    ours = Linear(5, 4)
+    plain = torch.nn.Linear(5, 4)
+    plain.load_state_dict(ours.state_dict())
+    assert isinstance(ours, torch.nn.Linear) and set(ours.state_dict()) == {"weight", "bias"}
+    x = torch.randn(2, 5)
+    torch.testing.assert_close(ours(x), plain(x))
+
+
+def test_where_it_applies():
+    x, w = torch.randn(2, 5), torch.randn(4, 5)
+    assert _uses_blas(x, w, None) == cpu_blas.available()
+    assert not _uses_blas(x.bfloat16(), w.bfloat16(), None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _uses_blas(x, w, None)
+        assert linear(x, w).dtype == torch.bfloat16  # autocast still applies through F.linear
+
+
+@pytest.mark.skipif(not cpu_blas.available(), reason="no OpenBLAS")
+def test_double_backward_is_refused():
+    x = torch.randn(2, 5, requires_grad=True)
+    w = torch.randn(4, 5, requires_grad=True)
+    (g,) = torch.autograd.grad(linear(x, w).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
