@@ -52,7 +52,7 @@ def _assert_same(a, b, tol):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-# 1 and 3: scalar block-diagonal maps; 5: channel-major ones; GEMM_ROWS + 1: torch matmuls for the projections
+# 1 and 3: scalar block-diagonal maps; 5: channel-major ones; GEMM_ROWS + 1: BLAS matmuls for the projections
 @pytest.mark.parametrize("batch", [1, 3, 5, fused_step.GEMM_ROWS + 1])
 def test_fused_step_equals_torch_step(name, batch):
     stack = _stack(CONFIGS[name])

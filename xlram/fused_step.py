@@ -1,6 +1,6 @@
 """The inference step of an :class:`~xlram.blocks.XLSTMStack` on CPU as one numba call per block
-(from ``GEMM_ROWS`` rows on: numba calls around each block's two projections, which run as torch
-matmuls).
+(from ``GEMM_ROWS`` rows on: numba calls around each block's two projections, which run as
+``xlram.ops.cpu_blas`` matmuls).
 
 :meth:`XLSTMStack.step <xlram.blocks.XLSTMStack.step>` under ``torch.no_grad()`` takes this path by
 itself where it applies (:func:`unsupported` says why not): batch <= ``MAX_ROWS``; CPU; weights,
@@ -12,7 +12,7 @@ function: tests/test_fused_step.py compares outputs and states step by step.
 The first fused step of a process compiles the kernels (18 s on the 2-core CPU) or, usually,
 loads them from numba's on-disk cache (under a second). Their matmuls run in scipy's OpenBLAS, whose
 thread count is ``OPENBLAS_NUM_THREADS`` (read when it loads), not torch's; the projections from
-``GEMM_ROWS`` rows on run in torch's BLAS.
+``GEMM_ROWS`` rows on run in ``xlram.ops.cpu_blas`` (torch's thread count).
 
 The kernels (``xlram.kernels.numba_step``) read the parameters through numpy views of their memory,
 made once, and the state through views made once per state object (36 µs for the 3.5M-parameter LM,
@@ -29,20 +29,20 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from xlram.ops import numba_kernels
+from xlram.nn.dense import linear
+from xlram.ops import cpu_blas, numba_kernels
 
 _DTYPES = (torch.float32, torch.float64)
 # Largest batch the fused step takes. On the 2-core EPYC the step of the 3.5M-parameter LM took 5.22 ms
 # against the torch step's 7.18 at batch 16 (`xlram bench step`, projections as torch matmuls); at
 # batch 32, measured when every matmul was a per-row GEMV, 21 against 14 ms.
 MAX_ROWS = 16
-# From this batch on, the projections run as torch matmuls (MKL's sgemm reads each weight once for all
-# rows) between numba calls for the rest of each block; below it, per-row GEMVs inside the numba call.
-# One thread, (B, 256) x (256, 1024): GEMVs against torch.mm 49 against 49 µs at B=4, 98 against 69 at
-# B=8, 196 against 109 at B=16; but splitting each block into two numba calls costs too, and for the
-# whole step of the 3.5M-parameter LM (medians of 8 rounds of 20 steps): B=8 3.14 ms with torch
-# matmuls against 2.89 without, B=10 4.18 against 4.21, B=12 5.09 against 5.37, B=16 5.16 against 5.41.
-GEMM_ROWS = 12
+# From this batch on, the projections run as matmuls through ``xlram.ops.cpu_blas`` (OpenBLAS's
+# sgemm reads each weight once for all rows) between numba calls for the rest of each block; below it,
+# per-row GEMVs inside the numba call. Whole step of the 3.5M-parameter LM, one thread, medians of 5
+# rounds of 20 steps, matmuls against GEMVs: B=4 2.01 against 1.62 ms, B=6 2.51 against 2.16,
+# B=7 3.22 against 2.62, B=8 2.46 against 2.80, B=10 3.07 against 3.30.
+GEMM_ROWS = 8
 
 _DATA_PTR = torch.Tensor.data_ptr
 # Parameters registered on any module so far: walking a stack's parameters costs ~0.1 ms, so a
@@ -247,7 +247,7 @@ class FusedStep:
         y_t = x.detach().contiguous().clone()
         y = y_t.numpy()  # (B, D), updated block by block
         if x.shape[0] >= GEMM_ROWS:
-            self._run_with_torch_matmuls(y, y_t)
+            self._run_with_blas_matmuls(y, y_t)
         else:
             for kernel, args in self._calls:
                 kernel(y, *args)
@@ -255,15 +255,15 @@ class FusedStep:
             k.layer_norm_(y, *self._post)
         return y_t
 
-    def _run_with_torch_matmuls(self, y, y_t) -> None:
-        """The blocks with their two projections as torch matmuls (``GEMM_ROWS``); y and y_t share memory."""
+    def _run_with_blas_matmuls(self, y, y_t) -> None:
+        """The blocks with their two projections as cpu_blas matmuls (``GEMM_ROWS``); y, y_t share memory."""
         from xlram.kernels import numba_step as k
 
-        def project(inp, w, b):  # (B, in) numpy -> (B, out) numpy, through torch's sgemm
-            return torch.nn.functional.linear(torch.from_numpy(inp), w, b).numpy()
+        def project(inp, w, b):  # (B, in) numpy -> (B, out) numpy, through cpu_blas (or torch's BLAS)
+            return linear(torch.from_numpy(inp), w, b).numpy()
 
         def add_projection(inp, w, b):  # y += inp @ wᵀ + b in place
-            y_t.addmm_(torch.from_numpy(inp), w.t())
+            cpu_blas.bmm(torch.from_numpy(inp)[None], w.t()[None], out=y_t[None], beta=1.0)
             if b is not None:
                 y_t.add_(b)
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from xlram.ops import cpu_blas
+
 # Tiny blocks (the mLSTM's 4x4) are packed G to a group, into one (G·out, G·in) block-diagonal
 # matrix per group, up to this width: a batched matmul over a few dozen 16x16 matrices runs at
 # memory speed, while one over hundreds of 4x4 blocks (einsum) runs at a few GFLOP/s and unrolled
@@ -48,7 +50,7 @@ def _grouped(x: torch.Tensor, wg: torch.Tensor) -> torch.Tensor:
     """x (N, ng·gin) through per-group matrices wg (ng, gout, gin) -> (N, ng·gout)."""
     N = x.shape[0]
     ng, gout, gin = wg.shape
-    y = torch.bmm(x.reshape(N, ng, gin).transpose(0, 1), wg.transpose(1, 2))  # (ng, N, gout)
+    y = cpu_blas.bmm(x.reshape(N, ng, gin).transpose(0, 1), wg.transpose(1, 2))  # (ng, N, gout)
     return y.transpose(0, 1).reshape(N, ng * gout)
 
 
@@ -73,7 +75,7 @@ class _GroupedLinear(torch.autograd.Function):
             dx = _grouped(dy, wg.transpose(1, 2))
         if ctx.needs_input_grad[1]:
             dy_g = dy.reshape(N, ng, gout).permute(1, 2, 0)  # (ng, gout, N)
-            dwg = torch.bmm(dy_g, x.reshape(N, ng, gin).transpose(0, 1))
+            dwg = cpu_blas.bmm(dy_g, x.reshape(N, ng, gin).transpose(0, 1))
         return dx, dwg
 
 
