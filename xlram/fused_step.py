@@ -263,7 +263,7 @@ class FusedStep:
             return linear(torch.from_numpy(inp), w, b).numpy()
 
         def add_projection(inp, w, b):  # y += inp @ wᵀ + b in place
-            cpu_blas.bmm(torch.from_numpy(inp)[None], w.t()[None], out=y_t[None], beta=1.0)
+            cpu_blas.linear_t(torch.from_numpy(inp), w, out=y_t, beta=1.0)
             if b is not None:
                 y_t.add_(b)
 

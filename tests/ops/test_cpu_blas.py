@@ -89,3 +89,24 @@ def test_kernel_choice_and_switch_off():
     assert _info_in_subprocess(XLRAM_OPENBLAS_CORETYPE="Haswell")["core"] == "Haswell"
     off = _info_in_subprocess(XLRAM_CPU_BLAS="torch")
     assert not off["available"] and "XLRAM_CPU_BLAS" in off["reason"]
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_t_in_blocks_matches_torch(dtype):
+    """Few rows: the weight's rows in blocks (with a remainder block), into a fresh or a strided out."""
+    gen = torch.Generator().manual_seed(4)
+    tol = 1e-4 if dtype == torch.float32 else 1e-12  # sums of up to 512 products
+    for m, k, n in ((1, 256, 1024), (16, 256, 1000), (5, 48, 130), (16, 512, 256), (300, 64, 256)):
+        x = torch.randn(m, k, dtype=dtype, generator=gen)
+        w = torch.randn(n, k, dtype=dtype, generator=gen)
+        ref = x @ w.t()
+        torch.testing.assert_close(cpu_blas.linear_t(x, w), ref, rtol=tol, atol=tol)
+        buf = torch.randn(m, n + 7, dtype=dtype, generator=gen)
+        out, before = buf[:, 3 : 3 + n], buf.clone()
+        want = out + ref
+        assert cpu_blas.linear_t(x, w, out=out, beta=1.0).data_ptr() == out.data_ptr()
+        torch.testing.assert_close(out, want, rtol=tol, atol=tol)
+        assert torch.equal(buf[:, :3], before[:, :3]) and torch.equal(buf[:, 3 + n :], before[:, 3 + n :])
+    with pytest.raises(ValueError, match=r"expected \(m, k\) and \(n, k\)"):
+        cpu_blas.linear_t(torch.randn(2, 3), torch.randn(4, 5))

@@ -33,9 +33,9 @@ def _matmul_t(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     """x2 (M, in) @ weightᵀ (in, out) [+ bias] -> (M, out)."""
     M, N = x2.shape[0], weight.shape[0]
     if bias is None:
-        return cpu_blas.bmm(x2[None], weight.t()[None])[0]
+        return cpu_blas.linear_t(x2, weight)
     out = torch.empty(M, N, dtype=x2.dtype).copy_(bias.expand(M, N))
-    return cpu_blas.bmm(x2[None], weight.t()[None], out=out[None], beta=1.0)[0]
+    return cpu_blas.linear_t(x2, weight, out=out, beta=1.0)
 
 
 class _BlasLinear(torch.autograd.Function):
