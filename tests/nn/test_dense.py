@@ -55,6 +55,7 @@ def test_module_is_nn_linear_with_the_same_state():
 def test_where_it_applies():
     x, w = torch.randn(2, 5), torch.randn(4, 5)
     assert _uses_blas(x, w, None) == cpu_blas.available()
+    assert not _uses_blas(x[:1], w, None)  # one row: F.linear
     assert not _uses_blas(x.bfloat16(), w.bfloat16(), None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not _uses_blas(x, w, None)

@@ -4,7 +4,9 @@
 or fp64 CPU inputs, runs its product and both gradient products through the OpenBLAS of
 ``xlram.ops.cpu_blas`` instead of torch's MKL: on this project's AMD CPU that is the difference
 between about 100 and 220 GFLOP/s on one thread. Everywhere else (GPU, other dtypes, autocast,
-``torch.compile`` tracing, parameters that are not plain tensors, no OpenBLAS) it is ``F.linear``.
+``torch.compile`` tracing, parameters that are not plain tensors, no OpenBLAS) it is ``F.linear``, and
+so for a single row, where MKL's matrix-vector product has less overhead: a (256, 256) LM head at
+batch 1 took 5.4 µs through F.linear against 9.3 µs for ``cpu_blas.linear_t``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _uses_blas(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
         x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
         and type(weight) in (torch.Tensor, nn.Parameter) and type(x) in (torch.Tensor, nn.Parameter)
         and (bias is None or (bias.dtype == x.dtype and type(bias) in (torch.Tensor, nn.Parameter)))
-        and x.numel() > 0 and not torch.compiler.is_compiling()
+        and x.numel() > x.shape[-1] and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled("cpu") and cpu_blas.available()
     )
 
