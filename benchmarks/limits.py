@@ -102,7 +102,7 @@ def matmul_peak(quick: bool) -> dict:
     sizes = [512, 1024] if quick else [512, 1024, 2048]
     blas = {"torch": torch.bmm}
     if cpu_blas.available():
-        blas["openblas"] = cpu_blas.bmm
+        blas["openblas"] = lambda a, b, out: cpu_blas.bmm(a, b, out=out, library="openblas")
     best = {name: [0.0, 0.0] for name in blas}
     per_size = {}
     for n in sizes:
@@ -120,6 +120,7 @@ def matmul_peak(quick: bool) -> dict:
     out = {f"gflops_cpu_{name}": v[0] for name, v in best.items()}
     if "openblas" in blas:
         out["openblas_core"] = cpu_blas.info()["core"]
+        out["cpu_blas_route"] = cpu_blas.route()
     return {"gflops_cpu": max(v[0] for v in best.values()), "gflops_wall": max(v[1] for v in best.values()),
             "gflops_cpu_by_size": per_size, **out}
 

@@ -28,10 +28,10 @@ def test_matches_torch_for_every_layout(dtype):
     for N, m, k, n, ta, tb in itertools.product((1, 3), (1, 5), (1, 4), (1, 3, 64), (0, 1), (0, 1)):
         a, b = _operand(N, m, k, ta, dtype, gen), _operand(N, k, n, tb, dtype, gen)
         ref = torch.bmm(a, b)
-        torch.testing.assert_close(cpu_blas.bmm(a, b), ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(cpu_blas.bmm(a, b, library="openblas"), ref, rtol=tol, atol=tol)
         c = torch.randn(N, m, n, dtype=dtype, generator=gen)
         want = c + ref
-        assert cpu_blas.bmm(a, b, out=c, beta=1.0) is c
+        assert cpu_blas.bmm(a, b, out=c, beta=1.0, library="openblas") is c
         torch.testing.assert_close(c, want, rtol=tol, atol=tol)
 
 
@@ -42,7 +42,7 @@ def test_strided_batches_and_padded_rows():
     big = torch.randn(4, 10, 12, generator=gen)
     a, b = big[:, :6, :5], torch.randn(4, 5, 7, generator=gen)
     out = torch.zeros(4, 8, 9)[:, :6, :7]
-    cpu_blas.bmm(a, b, out=out)
+    cpu_blas.bmm(a, b, out=out, library="openblas")
     torch.testing.assert_close(out, torch.bmm(a, b), rtol=1e-5, atol=1e-5)
 
 
@@ -50,10 +50,10 @@ def test_other_inputs_go_to_torch():
     gen = torch.Generator().manual_seed(2)
     for dtype in (torch.bfloat16, torch.float16):
         a, b = torch.randn(2, 3, 4, generator=gen).to(dtype), torch.randn(2, 4, 5, generator=gen).to(dtype)
-        assert torch.equal(cpu_blas.bmm(a, b), torch.bmm(a, b))
+        assert torch.equal(cpu_blas.bmm(a, b, library="openblas"), torch.bmm(a, b))
     a = torch.randn(2, 4, 6, generator=gen)[:, :, ::2]  # no unit stride: torch
     b = torch.randn(2, 3, 5, generator=gen)
-    torch.testing.assert_close(cpu_blas.bmm(a, b), torch.bmm(a, b))
+    torch.testing.assert_close(cpu_blas.bmm(a, b, library="openblas"), torch.bmm(a, b))
     with pytest.raises(ValueError, match=r"expected \(N, m, k\) and \(N, k, n\)"):
         cpu_blas.bmm(torch.randn(2, 3, 4), torch.randn(2, 5, 6))
 
@@ -66,7 +66,8 @@ def test_threads_follow_torch():
     try:
         for n in (2, 1):
             torch.set_num_threads(n)
-            torch.testing.assert_close(cpu_blas.bmm(a, b), torch.bmm(a, b), rtol=1e-5, atol=1e-5)
+            got = cpu_blas.bmm(a, b, library="openblas")
+            torch.testing.assert_close(got, torch.bmm(a, b), rtol=1e-5, atol=1e-5)
             assert cpu_blas._state["lib"].scipy_openblas_get_num_threads() == n
     finally:
         torch.set_num_threads(before)
@@ -88,7 +89,26 @@ def test_kernel_choice_and_switch_off():
     assert info["available"] and (info["core"] == "SkylakeX") == avx512
     assert _info_in_subprocess(XLRAM_OPENBLAS_CORETYPE="Haswell")["core"] == "Haswell"
     off = _info_in_subprocess(XLRAM_CPU_BLAS="torch")
-    assert not off["available"] and "XLRAM_CPU_BLAS" in off["reason"]
+    assert not off["available"] and off["route"] == "torch" and "XLRAM_CPU_BLAS" in off["reason"]
+    assert _info_in_subprocess(XLRAM_CPU_BLAS="openblas")["route"] == "openblas"
+
+
+@needs_blas
+def test_the_route_is_the_faster_library():
+    """auto: OpenBLAS only where the race measured it at least 10% faster than torch."""
+    info = cpu_blas.info()
+    if info["chosen_by"] != "auto":
+        pytest.skip(f"XLRAM_CPU_BLAS={info['chosen_by']} in this environment")
+    fast = info["measured_gflops"]
+    assert min(fast.values()) > 0
+    assert info["route"] == ("openblas" if fast["openblas"] >= 1.1 * fast["torch"] else "torch")
+
+
+def test_a_wrong_setting_is_an_error():
+    code = "from xlram.ops import cpu_blas; cpu_blas.route()"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "XLRAM_CPU_BLAS": "mkl"},
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "XLRAM_CPU_BLAS: expected auto, openblas or torch, got 'mkl'" in out.stderr
 
 
 @needs_blas
@@ -101,11 +121,11 @@ def test_linear_t_in_blocks_matches_torch(dtype):
         x = torch.randn(m, k, dtype=dtype, generator=gen)
         w = torch.randn(n, k, dtype=dtype, generator=gen)
         ref = x @ w.t()
-        torch.testing.assert_close(cpu_blas.linear_t(x, w), ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(cpu_blas.linear_t(x, w, library="openblas"), ref, rtol=tol, atol=tol)
         buf = torch.randn(m, n + 7, dtype=dtype, generator=gen)
         out, before = buf[:, 3 : 3 + n], buf.clone()
         want = out + ref
-        assert cpu_blas.linear_t(x, w, out=out, beta=1.0).data_ptr() == out.data_ptr()
+        assert cpu_blas.linear_t(x, w, out=out, beta=1.0, library="openblas").data_ptr() == out.data_ptr()
         torch.testing.assert_close(out, want, rtol=tol, atol=tol)
         assert torch.equal(buf[:, :3], before[:, :3]) and torch.equal(buf[:, 3 + n :], before[:, 3 + n :])
     with pytest.raises(ValueError, match=r"expected \(m, k\) and \(n, k\)"):

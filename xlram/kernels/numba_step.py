@@ -61,8 +61,8 @@ def _linear(x, w, b):
     OpenBLAS's sgemm repacks the weight on every call (~0.1 ms for 1 MiB), which costs more than the
     rows' GEMVs at a few rows (measured on one thread, (B, 256) x (256, 1024): B=2 26 against 114 µs;
     the whole step of the 3.5M-parameter LM at B=8 2.8-3.0 against 3.2-4.7 ms, at B=16 5.0-5.3
-    against 4.95 ms); ``xlram.fused_step`` calls it below ``GEMM_ROWS`` rows and runs torch matmuls
-    from there."""
+    against 4.95 ms, when the alternative was torch's MKL); ``xlram.fused_step`` calls it below
+    ``GEMM_ROWS`` rows and runs ``xlram.ops.cpu_blas`` matmuls from there."""
     y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
     for r in range(x.shape[0]):
         y[r] = np.dot(w, x[r])

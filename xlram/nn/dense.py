@@ -2,9 +2,10 @@
 
 ``Linear`` is ``nn.Linear`` (same parameters, state-dict keys and init) with a forward that, for fp32
 or fp64 CPU inputs, runs its product and both gradient products through the OpenBLAS of
-``xlram.ops.cpu_blas`` instead of torch's MKL: on this project's AMD CPU that is the difference
-between about 100 and 220 GFLOP/s on one thread. Everywhere else (GPU, other dtypes, autocast,
-``torch.compile`` tracing, parameters that are not plain tensors, no OpenBLAS) it is ``F.linear``, and
+``xlram.ops.cpu_blas`` instead of torch's MKL where that module chose OpenBLAS (``cpu_blas.route()``):
+on this project's AMD CPU that is the difference between about 100 and 220 GFLOP/s on one thread.
+Everywhere else (GPU, other dtypes, autocast, ``torch.compile`` tracing, parameters that are not
+plain tensors, no OpenBLAS) it is ``F.linear``, and
 so for a single row, where MKL's matrix-vector product has less overhead: a (256, 256) LM head at
 batch 1 took 5.4 µs through F.linear against 9.3 µs for ``cpu_blas.linear_t``.
 """
@@ -27,7 +28,7 @@ def _uses_blas(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
         and type(weight) in (torch.Tensor, nn.Parameter) and type(x) in (torch.Tensor, nn.Parameter)
         and (bias is None or (bias.dtype == x.dtype and type(bias) in (torch.Tensor, nn.Parameter)))
         and x.numel() > x.shape[-1] and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled("cpu") and cpu_blas.available()
+        and not torch.is_autocast_enabled("cpu") and cpu_blas.route() == "openblas"
     )
 
 

@@ -8,6 +8,12 @@ AMD EPYC with AVX-512) one thread reached about 100 GFLOP/s in fp32, numpy's Ope
 AVX-512 subsets they use, and calls its ``cblas_?gemm_batch_strided`` once per batched product. Its
 thread count follows ``torch.get_num_threads()``.
 
+Which library runs is measured, once per process, at the first product: a batched fp32 product of
+the chunkwise mLSTM's shape in both, and OpenBLAS takes over only where it is at least 10% faster.
+On an Intel Xeon (the GPU machine's host) MKL won: 108-146 against 82-100 GFLOP/s for OpenBLAS's
+SkylakeX kernels on these shapes. ``XLRAM_CPU_BLAS`` = ``auto`` (default), ``openblas`` or ``torch``
+sets the choice; ``info()`` says what was loaded, measured and chosen.
+
 The kernel set of this copy is chosen here, not by ``OPENBLAS_CORETYPE``: that variable is read by
 every OpenBLAS in the process, and this machine's environment sets it to Haswell for all of them.
 ``XLRAM_OPENBLAS_CORETYPE`` names another set for this copy (e.g. Haswell, Zen).
@@ -20,7 +26,7 @@ fp32 and fp64 CPU tensors whose matrices are row- or column-major (unit stride i
 dims: ``x.transpose(-1, -2)`` of a contiguous tensor qualifies). Anything else (another dtype or
 device, other strides, sizes over 2^31, no library) goes to ``torch.bmm`` / ``torch.baddbmm``, so the
 result is the same function either way. Not differentiable: for use inside autograd Functions and
-under no_grad. ``XLRAM_CPU_BLAS=torch`` turns the OpenBLAS route off; ``info()`` says what was loaded.
+under no_grad.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +46,7 @@ _INT_MAX = 2**31 - 1
 _AVX512_FLAGS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
 _state: dict = {}
+_load_lock = threading.Lock()
 
 
 def _cpu_flags() -> set[str]:
@@ -66,14 +75,26 @@ def _load():
     """Load the library once; returns the state dict (``lib`` is None when unavailable)."""
     if _state:
         return _state
-    _state.update(lib=None, reason="", core="", threads=0)
-    if os.environ.get("XLRAM_CPU_BLAS", "").lower() == "torch":
-        _state["reason"] = "XLRAM_CPU_BLAS=torch"
-        return _state
+    with _load_lock:
+        if not _state:
+            _state.update(_open())
+    return _state
+
+
+def _open() -> dict:
+    """The library and its functions (``lib`` None and the reason where there is none), and the
+    route: "openblas" or "torch"."""
+    choice = os.environ.get("XLRAM_CPU_BLAS", "auto").lower() or "auto"
+    if choice not in ("auto", "openblas", "torch"):
+        raise ValueError(f"XLRAM_CPU_BLAS: expected auto, openblas or torch, got {choice!r}")
+    st = {"lib": None, "reason": "", "core": "", "threads": 0, "route": "torch", "chosen_by": choice}
+    if choice == "torch":
+        st["reason"] = "XLRAM_CPU_BLAS=torch"
+        return st
     path = _library_path()
     if path is None:
-        _state["reason"] = "scipy-openblas32 is not installed"
-        return _state
+        st["reason"] = "scipy-openblas32 is not installed"
+        return st
     core = os.environ.get("XLRAM_OPENBLAS_CORETYPE") or ("SkylakeX" if _AVX512_FLAGS <= _cpu_flags() else "")
     previous = os.environ.get("OPENBLAS_CORETYPE")
     if core:
@@ -92,28 +113,75 @@ def _load():
         lib.scipy_openblas_get_corename.restype = ctypes.c_char_p
         lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
     except (OSError, AttributeError) as e:
-        _state["reason"] = f"{path.name}: {e}"
-        return _state
+        st["reason"] = f"{path.name}: {e}"
+        return st
     finally:
         if previous is None:
             os.environ.pop("OPENBLAS_CORETYPE", None)
         else:
             os.environ["OPENBLAS_CORETYPE"] = previous
-    _state.update(lib=lib, gemm={torch.float32: fns["s"], torch.float64: fns["d"]}, path=str(path),
-                  core=lib.scipy_openblas_get_corename().decode())
-    return _state
+    st.update(lib=lib, gemm={torch.float32: fns["s"], torch.float64: fns["d"]}, path=str(path),
+              core=lib.scipy_openblas_get_corename().decode())
+    if choice == "openblas":
+        st["route"] = "openblas"
+    else:
+        st["measured_gflops"] = _race(st)
+        fast = st["measured_gflops"]
+        st["route"] = "openblas" if fast["openblas"] >= 1.1 * fast["torch"] else "torch"
+    return st
+
+
+def _race(st) -> dict:
+    """fp32 GFLOP/s of one batched product, (32, 64, 128) @ (32, 128, 128)ᵀ (the chunkwise mLSTM's
+    q Cᵀ at head dim 128), in torch and in OpenBLAS, on one thread (on two, the wait at OpenMP's
+    barriers made torch's figure swing 2x from run to run on a shared machine): the best of 7
+    alternating rounds."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(32, 64, 128, generator=g)
+    b = torch.randn(32, 128, 128, generator=g).transpose(1, 2)
+    out = torch.empty(32, 64, 128)
+    runs = {"torch": lambda: torch.bmm(a, b, out=out), "openblas": lambda: _openblas(st, a, b, out, 0.0)}
+    best = dict.fromkeys(runs, float("inf"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    st["lib"].scipy_openblas_set_num_threads(1)
+    st["threads"] = 1
+    try:
+        for fn in runs.values():
+            fn()  # warm-up: first-call set-up
+        for _ in range(7):
+            for name, fn in runs.items():
+                t0 = time.process_time()
+                for _ in range(3):
+                    fn()
+                best[name] = min(best[name], (time.process_time() - t0) / 3)
+    finally:
+        torch.set_num_threads(threads)
+    flop = 2.0 * 32 * 64 * 128 * 128
+    return {name: round(flop / max(t, 1e-9) / 1e9, 1) for name, t in best.items()}
 
 
 def info() -> dict:
-    """{"available", "core" (OpenBLAS's kernel set, e.g. "SkylakeX"), "path", "reason" if not}."""
+    """{"available", "route" ("openblas" or "torch": which runs by default), "chosen_by" (auto,
+    openblas or torch), "measured_gflops" (the race that chose, if one ran), "core" (OpenBLAS's kernel
+    set, e.g. "SkylakeX"), "path", "reason" if there is no OpenBLAS}."""
     st = _load()
-    out = {"available": st["lib"] is not None, "core": st["core"]}
+    out = {"available": st["lib"] is not None, "route": st["route"], "chosen_by": st["chosen_by"],
+           "core": st["core"]}
+    if "measured_gflops" in st:
+        out["measured_gflops"] = st["measured_gflops"]
     out.update({"path": st["path"]} if st["lib"] is not None else {"reason": st["reason"]})
     return out
 
 
 def available() -> bool:
+    """Whether the OpenBLAS library is loaded (``bmm(..., library="openblas")`` can use it)."""
     return _load()["lib"] is not None
+
+
+def route() -> str:
+    """The library products go to by default: "openblas" or "torch"."""
+    return _load()["route"]
 
 
 def _layout(x: torch.Tensor):
@@ -133,16 +201,31 @@ def _sync_threads(st) -> None:
         st["threads"] = n
 
 
-def bmm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, beta: float = 0.0):
+def bmm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, beta: float = 0.0,
+        library: str | None = None):
     """a @ b for a (N, m, k), b (N, k, n); with ``out`` (N, m, n) the result goes there, plus ``beta``
     times what ``out`` held (beta 0: out's contents are ignored, as in BLAS); ``out`` must not overlap
-    ``a`` or ``b``. Returns the result."""
+    ``a`` or ``b``. ``library``: "openblas" or "torch" instead of the chosen route (``route()``).
+    Returns the result."""
     if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
         raise ValueError(f"bmm: expected (N, m, k) and (N, k, n), got {tuple(a.shape)} and {tuple(b.shape)}")
+    st = _load()
+    if (library or st["route"]) == "openblas" and st["lib"] is not None:
+        res = _openblas(st, a, b, out, beta)
+        if res is not None:
+            return res
+    if out is None:
+        return torch.bmm(a, b)
+    if beta == 0.0:
+        return torch.bmm(a, b, out=out)
+    return torch.baddbmm(out, a, b, beta=beta, out=out)
+
+
+def _openblas(st, a, b, out, beta):
+    """``bmm`` through OpenBLAS, or None where it does not apply."""
     N, m, k = a.shape
     n = b.shape[2]
-    st = _load()
-    gemm = st.get("gemm", {}).get(a.dtype) if st["lib"] is not None else None
+    gemm = st["gemm"].get(a.dtype)
     la, lb = _layout(a), _layout(b)
     lo = _layout(out) if out is not None else (_NO_TRANS, n)
     usable = (
@@ -154,11 +237,7 @@ def bmm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, be
         and (out is None or N == 1 or (m - 1) * lo[1] + n <= out.stride(0) <= _INT_MAX)
     )
     if not usable:
-        if out is None:
-            return torch.bmm(a, b)
-        if beta == 0.0:
-            return torch.bmm(a, b, out=out)
-        return torch.baddbmm(out, a, b, beta=beta, out=out)
+        return None
     if out is None:
         out = torch.empty(N, m, n, dtype=a.dtype)
     _sync_threads(st)
@@ -176,10 +255,11 @@ _SMALL_MNK = 1_000_000
 _SMALL_BLOCK = 64
 
 
-def linear_t(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = None, beta: float = 0.0):
+def linear_t(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = None, beta: float = 0.0,
+             library: str | None = None):
     """x @ wᵀ for x (m, k) and a layer's weight w (n, k), both row-major (unit last stride); with
     ``out`` (m, n, unit last stride) the result goes there plus ``beta`` times what it held. Where
-    the OpenBLAS route does not apply, ``bmm``'s rules (and torch) take over."""
+    the OpenBLAS route does not apply, ``bmm``'s rules (and torch) take over; ``library`` as there."""
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"linear_t: expected (m, k) and (n, k), got {tuple(x.shape)} and {tuple(w.shape)}")
     m, k = x.shape
@@ -188,7 +268,8 @@ def linear_t(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = Non
     while block > 16 and m * block * k > _SMALL_MNK:
         block //= 2
     st = _load()
-    gemm = st.get("gemm", {}).get(x.dtype) if st["lib"] is not None else None
+    use = (library or st["route"]) == "openblas" and st["lib"] is not None
+    gemm = st["gemm"].get(x.dtype) if use else None
     split = (
         gemm is not None and m * block * k <= _SMALL_MNK and n >= 2 * block
         and x.device.type == "cpu" and w.dtype == x.dtype and w.device.type == "cpu"
@@ -199,7 +280,7 @@ def linear_t(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = Non
         and max(x.stride(0), w.stride(0) * block, n if out is None else out.stride(0)) <= _INT_MAX
     )
     if not split:
-        res = bmm(x[None], w.t()[None], out=None if out is None else out[None], beta=beta)
+        res = bmm(x[None], w.t()[None], out=None if out is None else out[None], beta=beta, library=library)
         return res[0]
     if out is None:
         out = torch.empty(m, n, dtype=x.dtype)
