@@ -95,8 +95,8 @@ def matmul_peak(quick: bool) -> dict:
     """fp32 matmul FLOP/s: the best of a few repeats of square SGEMMs (sizes 512-2048), per CPU second
     and per wall second. The best, not the median: the bound is what the machine can do. Two BLAS
     libraries, the better one counts: torch's (MKL, which on this AMD CPU reached about 100 GFLOP/s
-    on one thread) and the OpenBLAS of ``xlram.ops.cpu_blas`` (its AVX-512 kernels reached about 220
-    here), on torch's thread count."""
+    on one thread) and the OpenBLAS of ``xlram.ops.cpu_blas`` whether or not it was chosen (its
+    AVX-512 kernels reached about 220 here), on torch's thread count."""
     from xlram.ops import cpu_blas
 
     sizes = [512, 1024] if quick else [512, 1024, 2048]

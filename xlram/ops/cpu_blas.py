@@ -2,16 +2,17 @@
 
 torch's CPU matmuls go to MKL, which on AMD CPUs runs a generic path: on this project's machine (an
 AMD EPYC with AVX-512) one thread reached about 100 GFLOP/s in fp32, numpy's OpenBLAS about 115
-(it detects the CPU as "Haswell" and runs AVX2 kernels), and OpenBLAS told to use its SkylakeX
-(AVX-512) kernels about 220. This module loads its own OpenBLAS, the ``scipy-openblas32`` wheel
-(a library of its own, independent of numpy's), asks for the SkylakeX kernels when the CPU has the
-AVX-512 subsets they use, and calls its ``cblas_?gemm_batch_strided`` once per batched product. Its
-thread count follows ``torch.get_num_threads()``.
+(its AVX2 kernels: the machine's environment sets ``OPENBLAS_CORETYPE=Haswell``; without it, OpenBLAS
+detects SkylakeX), and OpenBLAS with its SkylakeX (AVX-512) kernels about 220. This module loads
+its own OpenBLAS, the ``scipy-openblas32`` wheel (a library of its own, independent of numpy's), asks
+for the SkylakeX kernels when the CPU has the AVX-512 subsets they use, and calls its
+``cblas_?gemm_batch_strided`` once per batched product. Its thread count follows
+``torch.get_num_threads()``.
 
 Which library runs is measured, once per process, at the first product: a batched fp32 product of
 the chunkwise mLSTM's shape in both, and OpenBLAS takes over only where it is at least 10% faster.
-On an Intel Xeon (the GPU machine's host) MKL won: 108-146 against 82-100 GFLOP/s for OpenBLAS's
-SkylakeX kernels on these shapes. ``XLRAM_CPU_BLAS`` = ``auto`` (default), ``openblas`` or ``torch``
+On an Intel Xeon (the GPU machine's host) MKL won: 108-146 against 82-101 GFLOP/s for OpenBLAS's
+SkylakeX kernels on the mLSTM's shapes. ``XLRAM_CPU_BLAS`` = ``auto`` (default), ``openblas`` or ``torch``
 sets the choice; ``info()`` says what was loaded, measured and chosen.
 
 The kernel set of this copy is chosen here, not by ``OPENBLAS_CORETYPE``: that variable is read by
@@ -249,7 +250,7 @@ def _openblas(st, a, b, out, beta):
 # A product with few rows runs in OpenBLAS's small-matrix kernels, which skip packing the operands,
 # when m * n * k is at most about 1e6: the columns of the weight are then taken in blocks of
 # ``_SMALL_BLOCK`` (one batched call over the blocks, x shared). One thread, x (16, 256) @ wᵀ
-# (256, 1,024): 44 µs in blocks of 64, 88 in one product, 106 for torch's MKL; x (4, 256):
+# (256, 1,024): 44 µs in blocks of 64, 82-88 in one product, 106 for torch's MKL; x (4, 256):
 # 13 against 62 and 45 µs.
 _SMALL_MNK = 1_000_000
 _SMALL_BLOCK = 64
