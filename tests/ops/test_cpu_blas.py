@@ -130,3 +130,14 @@ def test_linear_t_in_blocks_matches_torch(dtype):
         assert torch.equal(buf[:, :3], before[:, :3]) and torch.equal(buf[:, 3 + n :], before[:, 3 + n :])
     with pytest.raises(ValueError, match=r"expected \(m, k\) and \(n, k\)"):
         cpu_blas.linear_t(torch.randn(2, 3), torch.randn(4, 5))
+
+
+def test_torch_compile_traces_through_torch():
+    """Under torch.compile the products are torch's: one graph, no foreign call to break it."""
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, 8, 16, generator=gen), torch.randn(2, 16, 4, generator=gen)
+    w = torch.randn(32, 16, generator=gen)
+    fn = torch.compile(lambda a, b, w: (cpu_blas.bmm(a, b), cpu_blas.linear_t(a[0], w)), fullgraph=True)
+    got = fn(a, b, w)
+    torch.testing.assert_close(got[0], torch.bmm(a, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], a[0] @ w.t(), rtol=1e-5, atol=1e-5)

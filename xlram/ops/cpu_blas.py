@@ -26,8 +26,8 @@ every OpenBLAS in the process, and this machine's environment sets it to Haswell
 fp32 and fp64 CPU tensors whose matrices are row- or column-major (unit stride in one of the last two
 dims: ``x.transpose(-1, -2)`` of a contiguous tensor qualifies). Anything else (another dtype or
 device, other strides, sizes over 2^31, no library) goes to ``torch.bmm`` / ``torch.baddbmm``, so the
-result is the same function either way. Not differentiable: for use inside autograd Functions and
-under no_grad.
+result is the same function either way; so does everything under ``torch.compile``'s tracing. Not
+differentiable: for use inside autograd Functions and under no_grad.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def bmm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, be
     if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
         raise ValueError(f"bmm: expected (N, m, k) and (N, k, n), got {tuple(a.shape)} and {tuple(b.shape)}")
     st = _load()
-    if (library or st["route"]) == "openblas" and st["lib"] is not None:
+    if _openblas_route(st, library):
         res = _openblas(st, a, b, out, beta)
         if res is not None:
             return res
@@ -220,6 +220,13 @@ def bmm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, be
     if beta == 0.0:
         return torch.bmm(a, b, out=out)
     return torch.baddbmm(out, a, b, beta=beta, out=out)
+
+
+def _openblas_route(st, library) -> bool:
+    """OpenBLAS for this call: chosen (or asked for), loaded, and not under torch.compile's tracing
+    (dynamo cannot trace a foreign call, and it would guard on this module's thread bookkeeping)."""
+    return ((library or st["route"]) == "openblas" and st["lib"] is not None
+            and not torch.compiler.is_compiling())
 
 
 def _openblas(st, a, b, out, beta):
@@ -269,8 +276,7 @@ def linear_t(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = Non
     while block > 16 and m * block * k > _SMALL_MNK:
         block //= 2
     st = _load()
-    use = (library or st["route"]) == "openblas" and st["lib"] is not None
-    gemm = st["gemm"].get(x.dtype) if use else None
+    gemm = st["gemm"].get(x.dtype) if _openblas_route(st, library) else None
     split = (
         gemm is not None and m * block * k <= _SMALL_MNK and n >= 2 * block
         and x.device.type == "cpu" and w.dtype == x.dtype and w.device.type == "cpu"
