@@ -86,6 +86,15 @@ def _load():
     return _state
 
 
+def _set_environ(values: dict) -> None:
+    """Set (a string) or remove (None) environment variables."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def _open() -> dict:
     """The library and its functions (``lib`` None and the reason where there is none), and the
     route: "openblas" or "torch"."""
@@ -101,11 +110,11 @@ def _open() -> dict:
         st["reason"] = "scipy-openblas32 is not installed"
         return st
     core = os.environ.get("XLRAM_OPENBLAS_CORETYPE") or ("SkylakeX" if _AVX512_FLAGS <= _cpu_flags() else "")
-    previous = os.environ.get("OPENBLAS_CORETYPE")
-    if core:
-        os.environ["OPENBLAS_CORETYPE"] = core  # read once, by the library's constructor
-    elif previous is not None:
-        del os.environ["OPENBLAS_CORETYPE"]  # let it detect the CPU
+    # Read once, by the library's constructor: the kernel set ("" lets it detect the CPU), and one
+    # thread, so that it starts no thread pool at all. Restored right after.
+    settings = {"OPENBLAS_CORETYPE": core or None, "OPENBLAS_NUM_THREADS": "1"}
+    previous = {name: os.environ.get(name) for name in settings}
+    _set_environ(settings)
     try:
         lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
         fns = {}
@@ -122,10 +131,7 @@ def _open() -> dict:
         st["reason"] = f"{path.name}: {e}"
         return st
     finally:
-        if previous is None:
-            os.environ.pop("OPENBLAS_CORETYPE", None)
-        else:
-            os.environ["OPENBLAS_CORETYPE"] = previous
+        _set_environ(previous)
     st.update(lib=lib, gemm={torch.float32: fns["s"], torch.float64: fns["d"]}, path=str(path),
               core=lib.scipy_openblas_get_corename().decode())
     if choice == "openblas":
