@@ -12,7 +12,8 @@ function: tests/test_fused_step.py compares outputs and states step by step.
 The first fused step of a process compiles the kernels (18 s on the 2-core CPU) or, usually,
 loads them from numba's on-disk cache (under a second). Their matmuls run in scipy's OpenBLAS, whose
 thread count is ``OPENBLAS_NUM_THREADS`` (read when it loads), not torch's; the projections from
-``GEMM_ROWS`` rows on run in ``xlram.ops.cpu_blas`` (torch's thread count).
+``GEMM_ROWS`` rows on go through ``xlram.ops.cpu_blas`` (its OpenBLAS where that was chosen and torch
+runs on one thread, else torch's BLAS).
 
 The kernels (``xlram.kernels.numba_step``) read the parameters through numpy views of their memory,
 made once, and the state through views made once per state object (36 µs for the 3.5M-parameter LM,

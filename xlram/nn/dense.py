@@ -5,9 +5,9 @@ or fp64 CPU inputs, runs its product and both gradient products through the Open
 ``xlram.ops.cpu_blas`` instead of torch's MKL where that module chose OpenBLAS (``cpu_blas.route()``):
 on this project's AMD CPU that is the difference between about 100 and 220 GFLOP/s on one thread.
 Everywhere else (GPU, other dtypes, autocast, ``torch.compile`` tracing, parameters that are not
-plain tensors, no OpenBLAS) it is ``F.linear``, and
-so for a single row, where MKL's matrix-vector product has less overhead: a (256, 256) LM head at
-batch 1 took 5.4 µs through F.linear against 9.3 µs for ``cpu_blas.linear_t``.
+plain tensors, torch on more than one thread, no OpenBLAS) it is ``F.linear``, and so for a single
+row, where MKL's matrix-vector product has less overhead: a (256, 256) LM head at batch 1 took
+5.4 µs through F.linear against 9.3 µs for ``cpu_blas.linear_t``.
 """
 
 from __future__ import annotations
