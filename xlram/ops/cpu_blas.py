@@ -147,7 +147,7 @@ def _race(st) -> dict:
     """fp32 GFLOP/s of one batched product, (32, 64, 128) @ (32, 128, 128)ᵀ (the chunkwise mLSTM's
     q Cᵀ at head dim 128), in torch and in OpenBLAS, on one thread (on two, the wait at OpenMP's
     barriers made torch's figure swing 2x from run to run on a shared machine): the best of 7
-    alternating rounds."""
+    alternating rounds, about 30 ms in all here. torch's thread count is 1 for that time, then restored."""
     g = torch.Generator().manual_seed(0)
     a = torch.randn(32, 64, 128, generator=g)
     b = torch.randn(32, 128, 128, generator=g).transpose(1, 2)
@@ -173,9 +173,9 @@ def _race(st) -> dict:
 
 def info() -> dict:
     """{"available", "route" ("openblas" or "torch": the race's or the setting's choice, which applies
-    while torch runs on one thread), "chosen_by" (auto,
-    openblas or torch), "measured_gflops" (the race that chose, if one ran), "core" (OpenBLAS's kernel
-    set, e.g. "SkylakeX"), "path", "reason" if there is no OpenBLAS}."""
+    while torch runs on one thread), "chosen_by" (auto, openblas or torch), "measured_gflops" (the
+    race that chose, if one ran), "core" (OpenBLAS's kernel set, e.g. "SkylakeX"), "path", "reason"
+    if there is no OpenBLAS}."""
     st = _load()
     out = {"available": st["lib"] is not None, "route": st["route"], "chosen_by": st["chosen_by"],
            "core": st["core"]}
