@@ -27,7 +27,31 @@ def machine_info() -> dict:
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
+    from xlram.ops import cpu_blas
+
+    blas = cpu_blas.info()
+    # Which BLAS ran xlram's CPU products at this thread count, and the race that chose it.
+    info["cpu_blas"] = {"route": cpu_blas.route(), "chosen": blas["route"], "core": blas["core"],
+                        "measured_gflops": blas.get("measured_gflops")}
+    commit = _git_commit()
+    if commit:
+        info["commit"] = commit
     return info
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with "+changes" when the tree differs from it), or None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if dirty else "") if head else None
 
 
 def _cpu_name() -> str:
