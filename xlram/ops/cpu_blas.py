@@ -72,7 +72,8 @@ def _library_path() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     lib_dir = Path(next(iter(spec.submodule_search_locations))) / "lib"
-    libs = sorted(lib_dir.glob("libscipy_openblas*.so*"))
+    libs = sorted(p for p in lib_dir.glob("libscipy_openblas*") if p.suffix in (".so", ".dylib")
+                  or ".so." in p.name)
     return libs[0] if libs else None
 
 
@@ -107,7 +108,7 @@ def _open() -> dict:
         return st
     path = _library_path()
     if path is None:
-        st["reason"] = "scipy-openblas32 is not installed"
+        st["reason"] = "no scipy-openblas32 shared library (not installed, or not a .so/.dylib build)"
         return st
     core = os.environ.get("XLRAM_OPENBLAS_CORETYPE") or ("SkylakeX" if _AVX512_FLAGS <= _cpu_flags() else "")
     # Read once, by the library's constructor: the kernel set ("" lets it detect the CPU), and one
