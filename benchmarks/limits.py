@@ -95,8 +95,8 @@ def matmul_peak(quick: bool) -> dict:
     """fp32 matmul FLOP/s: the best of a few repeats of square SGEMMs (sizes 512-2048), per CPU second
     and per wall second. The best, not the median: the bound is what the machine can do. Two BLAS
     libraries, the better one counts: torch's (MKL, which on this AMD CPU reached about 100 GFLOP/s
-    on one thread) and the OpenBLAS of ``xlram.ops.cpu_blas`` whether or not it was chosen (its
-    AVX-512 kernels reached about 220 here), on torch's thread count."""
+    on one thread), on torch's thread count, and the OpenBLAS of ``xlram.ops.cpu_blas`` whether or not
+    it was chosen (its AVX-512 kernels reached about 220 here), which always runs on one thread."""
     from xlram.ops import cpu_blas
 
     sizes = [512, 1024] if quick else [512, 1024, 2048]
@@ -120,7 +120,6 @@ def matmul_peak(quick: bool) -> dict:
     out = {f"gflops_cpu_{name}": v[0] for name, v in best.items()}
     if "openblas" in blas:
         out["openblas_core"] = cpu_blas.info()["core"]
-        out["cpu_blas_route"] = cpu_blas.route()
     return {"gflops_cpu": max(v[0] for v in best.values()), "gflops_wall": max(v[1] for v in best.values()),
             "gflops_cpu_by_size": per_size, **out}
 

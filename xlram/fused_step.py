@@ -41,8 +41,9 @@ MAX_ROWS = 16
 # From this batch on, the projections run as matmuls through ``xlram.ops.cpu_blas`` (OpenBLAS's
 # sgemm reads each weight once for all rows) between numba calls for the rest of each block; below it,
 # per-row GEMVs inside the numba call. Whole step of the 3.5M-parameter LM, one thread, medians of 5
-# rounds of 20 steps, matmuls against GEMVs: B=4 2.01 against 1.62 ms, B=6 2.51 against 2.16,
-# B=7 3.22 against 2.62, B=8 2.46 against 2.80, B=10 3.07 against 3.30.
+# rounds of 20 steps, matmuls against GEMVs, measured before ``cpu_blas.linear_t`` took the weights in
+# blocks: B=4 2.01 against 1.62 ms, B=6 2.51 against 2.16, B=7 3.22 against 2.62, B=8 2.46 against
+# 2.80, B=10 3.07 against 3.30; with the blocks, B=1 0.72 against 0.45 and B=4 1.66 against 1.58.
 GEMM_ROWS = 8
 
 _DATA_PTR = torch.Tensor.data_ptr
