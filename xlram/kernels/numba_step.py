@@ -106,32 +106,51 @@ def _headwise(x, w, b):
 
 
 @_jit
-def _conv_step(x, w, b, state):
-    """Causal depthwise conv over the last K-1 inputs (``state`` (B, K-1, C), shifted in place) and x
-    (B, C), then SiLU; w (C, K), b (C,) or empty. Returns a new (B, C) array."""
+def _conv_rows(x, wt, b, state, y):  # pragma: no cover - compiled
+    """``_conv_step``'s work with the weight as wt (K, C), into y (B, C)."""
     B, C = x.shape
-    K = w.shape[1]
-    y = np.empty_like(x)
-    wt = np.ascontiguousarray(w.T)  # (K, C): every loop below runs over contiguous channels
+    K = wt.shape[0]
+    wl = wt[K - 1]
     for r in range(B):
         yr = y[r]
         xr = x[r]
-        wl = wt[K - 1]
         for c in range(C):
             yr[c] = wl[c] * xr[c]
+        if b.shape[0]:
+            for c in range(C):
+                yr[c] += b[c]
         for j in range(K - 1):
-            sr = state[r, j]
+            sj = state[r, j]
             wj = wt[j]
             for c in range(C):
-                yr[c] += wj[c] * sr[c]
-        if b.shape[0]:
-            yr += b
+                yr[c] += wj[c] * sj[c]
         for c in range(C):
             yr[c] = silu(yr[c])
         for j in range(K - 2):
-            state[r, j, :] = state[r, j + 1, :]
+            dst = state[r, j]
+            src = state[r, j + 1]
+            for c in range(C):
+                dst[c] = src[c]
         if K > 1:
-            state[r, K - 2, :] = x[r, :]
+            last = state[r, K - 2]
+            for c in range(C):
+                last[c] = xr[c]
+
+
+@_jit
+def _conv_step(x, w, b, state):
+    """Causal depthwise conv over the last K-1 inputs (``state`` (B, K-1, C), shifted in place) and x
+    (B, C), then SiLU; w (C, K), b (C,) or empty. Returns a new (B, C) array.
+
+    Every loop runs over contiguous channels with at most three arrays, so that LLVM vectorises it
+    (its alias checks give up on more), and the shift is written as loops (a slice assignment within
+    one array copies through a temporary). From 4 rows on the weight is first copied tap-major; below,
+    its columns are read in place. Batch 16, 512 channels: 19 -> 12 µs; batch 1: 2.7 -> 2.1 µs."""
+    y = np.empty_like(x)
+    if x.shape[0] >= 4:
+        _conv_rows(x, np.ascontiguousarray(w.T), b, state, y)
+    else:
+        _conv_rows(x, w.T, b, state, y)
     return y
 
 
