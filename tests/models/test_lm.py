@@ -318,3 +318,27 @@ def test_config_from_dict_rejects_unknown_and_missing_keys():
 def test_model_rejects_non_config():
     with pytest.raises(TypeError, match="XLSTMLMConfig"):
         XLSTMLM({"vocab_size": 10})
+
+
+def test_inference_step_runs_module_hooks():
+    """The no-grad step skips nn.Module's call machinery only where no hook would run: a forward hook
+    on the head (or the embedding) still sees every step and can change the logits."""
+    model = _model("lm-xlstm[1:1]-tiny")
+    ids = torch.tensor([3, 5])
+    with torch.no_grad():
+        plain, _ = model.step(ids)
+        seen = []
+        handle = model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(1) or out * 2)
+        try:
+            hooked, _ = model.step(ids)
+        finally:
+            handle.remove()
+        emb_handle = model.embedding.register_forward_pre_hook(lambda mod, inp: (torch.zeros_like(inp[0]),))
+        try:
+            zero_ids, _ = model.step(ids)
+        finally:
+            emb_handle.remove()
+        ref_zero, _ = model.step(torch.zeros_like(ids))
+    assert seen == [1]
+    torch.testing.assert_close(hooked, plain * 2)
+    torch.testing.assert_close(zero_ids, ref_zero)

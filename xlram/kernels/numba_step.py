@@ -27,7 +27,7 @@ import numpy as np
 
 from xlram.ops.mlstm.memory_numba import update_head
 from xlram.ops.norm_numba import norm_row
-from xlram.ops.numba_math import exp_neg, log_sigmoid, silu
+from xlram.ops.numba_math import dot, exp_neg, log_sigmoid, silu
 from xlram.ops.numba_math import jit as _jit
 from xlram.ops.slstm.cell_numba import cell
 
@@ -77,7 +77,14 @@ def _headwise(x, w, b):
     B = x.shape[0]
     nh, o, i = w.shape
     y = np.empty((B, nh * o), dtype=x.dtype)
-    if i >= 16:  # big blocks: one BLAS call per head on a contiguous copy of its inputs
+    if i == 4 and o == 4:  # xLSTM's q/k/v blocks, written out: 1.43 -> 1.02 µs at (1, 512)
+        for r in range(B):
+            for hh in range(nh):
+                lo = 4 * hh
+                x0, x1, x2, x3 = x[r, lo], x[r, lo + 1], x[r, lo + 2], x[r, lo + 3]
+                for p in range(4):
+                    y[r, lo + p] = w[hh, p, 0] * x0 + w[hh, p, 1] * x1 + w[hh, p, 2] * x2 + w[hh, p, 3] * x3
+    elif i >= 16:  # big blocks: one BLAS call per head on a contiguous copy of its inputs
         for h in range(nh):
             y[:, h * o:(h + 1) * o] = np.dot(np.ascontiguousarray(x[:, h * i:(h + 1) * i]), w[h].T)
     elif B >= 4:  # channel-major: each multiply-add is one vector over the rows
@@ -169,8 +176,12 @@ def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w,
     qkv[:, :Di] = _headwise(x_c, q_w, q_b)
     qkv[:, Di:2 * Di] = _headwise(x_c, k_w, k_b)
     qkv[:, 2 * Di:] = _headwise(x_m, v_w, v_b)
-    ig = _linear(qkv, i_w, i_b)  # (B, NH)
-    fg = _linear(qkv, f_w, f_b)
+    ig = np.empty((B, NH), dtype=up.dtype)  # gate pre-activations: a vectorised dot per row and head
+    fg = np.empty((B, NH), dtype=up.dtype)  # (batch 16: 12.4 -> 7.8 µs against BLAS GEMVs)
+    for r in range(B):
+        for h in range(NH):
+            ig[r, h] = dot(i_w[h], qkv[r]) + (i_b[h] if i_b.shape[0] else 0.0)
+            fg[r, h] = dot(f_w[h], qkv[r]) + (f_b[h] if f_b.shape[0] else 0.0)
     scale = 1.0 / math.sqrt(DH)
     hid = np.empty((B, Di), dtype=up.dtype)
     kig = np.empty(DH, dtype=C.dtype)  # scalars and rows in the state's dtype, so the inner loop of

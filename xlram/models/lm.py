@@ -25,6 +25,15 @@ from xlram.generation import GenerationMixin, check_token_ids
 from xlram.models.registry import register_model
 from xlram.nn import Linear, small_init_, soft_cap
 
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or global ones) around its forward."""
+    from torch.nn.modules import module as m
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or m._global_forward_hooks
+                or m._global_forward_pre_hooks)
+
+
 __all__ = ["XLSTMLM", "XLSTMLMConfig"]
 
 
@@ -152,8 +161,14 @@ class XLSTMLM(GenerationMixin, PretrainedMixin, nn.Module):
         return self._head(h), state  # (B, S, V)
 
     def _step(self, ids_t: torch.Tensor, state):
-        h, state = self.stack.step(self.embedding(ids_t), state)  # (B, D)
-        return self._head(h), state  # (B, V)
+        emb, head = self.embedding, self.lm_head
+        if torch.is_grad_enabled() or _hooked(emb) or _hooked(head):
+            h, state = self.stack.step(emb(ids_t), state)  # (B, D)
+            return self._head(h), state  # (B, V)
+        # Inference without hooks: the modules' forwards, without nn.Module's call (about 6 µs of a
+        # 0.4 ms step at batch 1).
+        h, state = self.stack.step(emb.forward(ids_t), state)
+        return soft_cap(head.forward(h), self.config.logit_soft_cap), state
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (tied weights counted once); optionally without the embedding matrix."""

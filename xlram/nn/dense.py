@@ -23,11 +23,11 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 def _uses_blas(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (
-        x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
+    return (  # one row first: a generation step's projections check nothing else
+        x.numel() > x.shape[-1] and x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
         and type(weight) in (torch.Tensor, nn.Parameter) and type(x) in (torch.Tensor, nn.Parameter)
         and (bias is None or (bias.dtype == x.dtype and type(bias) in (torch.Tensor, nn.Parameter)))
-        and x.numel() > x.shape[-1] and not torch.compiler.is_compiling()
+        and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled("cpu") and cpu_blas.route() == "openblas"
     )
 
