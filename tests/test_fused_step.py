@@ -52,8 +52,9 @@ def _assert_same(a, b, tol):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-# 1 and 3: scalar block-diagonal maps; 5: channel-major ones; GEMM_ROWS + 1: BLAS matmuls for the projections
-@pytest.mark.parametrize("batch", [1, 3, 5, fused_step.GEMM_ROWS + 1])
+# 1 and 3: scalar block-diagonal maps; 5: channel-major ones; GEMM_ROWS + 1: BLAS matmuls for the
+# projections; MAX_ROWS (16): the sLSTM's recurrent products through BLAS too
+@pytest.mark.parametrize("batch", [1, 3, 5, fused_step.GEMM_ROWS + 1, fused_step.MAX_ROWS])
 def test_fused_step_equals_torch_step(name, batch):
     stack = _stack(CONFIGS[name])
     xs = torch.randn(12, batch, D)

@@ -84,9 +84,13 @@ def _headwise(x, w, b):
                 x0, x1, x2, x3 = x[r, lo], x[r, lo + 1], x[r, lo + 2], x[r, lo + 3]
                 for p in range(4):
                     y[r, lo + p] = w[hh, p, 0] * x0 + w[hh, p, 1] * x1 + w[hh, p, 2] * x2 + w[hh, p, 3] * x3
-    elif i >= 16:  # big blocks: one BLAS call per head on a contiguous copy of its inputs
-        for h in range(nh):
-            y[:, h * o:(h + 1) * o] = np.dot(np.ascontiguousarray(x[:, h * i:(h + 1) * i]), w[h].T)
+    elif i >= 16:  # big blocks: a vectorised dot per output (sLSTM gates, (B, 256) x (4, 64, 64): at
+        # B = 1, 2, 16 1.37, 1.95, 9.8 µs against 2.16, 7.96, 13.1 for a BLAS call per head)
+        for r in range(B):
+            for hh in range(nh):
+                xs = x[r, hh * i:(hh + 1) * i]
+                for p in range(o):
+                    y[r, hh * o + p] = dot(w[hh, p], xs)
     elif B >= 4:  # channel-major: each multiply-add is one vector over the rows
         xt = np.ascontiguousarray(x.T)  # (NH*i, B)
         yt = np.zeros((nh * o, B), dtype=x.dtype)
@@ -238,6 +242,25 @@ def _ffn_act(x, code):
 
 
 @_jit
+def _recurrent(h_s, R, h):  # pragma: no cover - compiled
+    """Head h's recurrent pre-activations h_s[:, head h] (B, DH) @ R[h] (DH, 4 DH) -> (B, 4 DH). Below
+    16 rows as row updates (4 heads at B = 4, 8: 9.8, 18.9 µs against 25.2, 30.0 for BLAS; equal at 1)."""
+    B = h_s.shape[0]
+    DH, W = R.shape[1], R.shape[2]
+    if B >= 16:
+        return np.dot(np.ascontiguousarray(h_s[:, h * DH:(h + 1) * DH]), R[h])
+    rec = np.zeros((B, W), dtype=h_s.dtype)
+    for r in range(B):
+        rr = rec[r]
+        for j in range(DH):
+            a = h_s[r, h * DH + j]
+            Rj = R[h, j]
+            for c in range(W):
+                rr[c] += a * Rj[c]
+    return rec
+
+
+@_jit
 def slstm_pre(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
               h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps, ffn_norm_w, ffn_norm_b,
               ffn_norm_eps):  # pragma: no cover - compiled
@@ -264,7 +287,7 @@ def slstm_pre(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w,
     cn_new = np.empty((2, B * DH), dtype=c_s.dtype)
     m_h = np.empty(B * DH, dtype=m_s.dtype)
     for h in range(NH):
-        rec = np.dot(np.ascontiguousarray(h_s[:, h * DH:(h + 1) * DH]), R[h])  # (B, 4 DH)
+        rec = _recurrent(h_s, R, h)  # (B, 4 DH)
         lo = h * DH
         for r in range(B):
             e0 = r * DH
