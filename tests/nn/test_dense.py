@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from xlram.nn import Linear
-from xlram.nn.dense import _uses_blas, linear
+from xlram.nn.dense import _one_row_numba, _uses_blas, linear
 from xlram.ops import cpu_blas
 
 
@@ -60,6 +60,28 @@ def test_where_it_applies():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not _uses_blas(x, w, None)
         assert linear(x, w).dtype == torch.bfloat16  # autocast still applies through F.linear
+
+
+def test_one_row_without_grad_is_a_numba_gemv():
+    """One row that needs no gradient goes to the numba GEMV (tests run torch on one thread), and it
+    gives F.linear's result; a row that needs a gradient, a transposed weight or torch on two threads
+    do not take it."""
+    x, w, b = torch.randn(1, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64), torch.randn(4)
+    assert _one_row_numba(x, w, None) is not None
+    assert _one_row_numba(x.requires_grad_(), w, None) is None
+    x = x.detach()
+    assert _one_row_numba(x, w.t().contiguous().t(), None) is None  # not contiguous
+    assert _one_row_numba(x, w, b) is None  # bias of another dtype
+    with torch.no_grad():
+        assert _one_row_numba(x, w.requires_grad_(), None) is not None
+        want = F.linear(x, w, b.double())
+        torch.testing.assert_close(linear(x, w, b.double()), want, rtol=1e-12, atol=1e-12)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _one_row_numba(x, w.detach(), None) is None
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif(cpu_blas.route() != "openblas", reason="products are torch's here")

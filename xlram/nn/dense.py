@@ -5,21 +5,29 @@ or fp64 CPU inputs, runs its product and both gradient products through the Open
 ``xlram.ops.cpu_blas`` instead of torch's MKL where that module chose OpenBLAS (``cpu_blas.route()``):
 on this project's AMD CPU that is the difference between about 100 and 220 GFLOP/s on one thread.
 Everywhere else (GPU, other dtypes, autocast, ``torch.compile`` tracing, parameters that are not
-plain tensors, torch on more than one thread, no OpenBLAS) it is ``F.linear``, and so for a single
-row, where MKL's matrix-vector product has less overhead: a (256, 256) LM head at batch 1 took
-5.4 µs through F.linear against 9.3 µs for ``cpu_blas.linear_t``.
+plain tensors, torch on more than one thread, no OpenBLAS) it is ``F.linear``. A single row is never
+a ``cpu_blas`` product (a (256, 256) LM head at batch 1 took 5.4 µs through F.linear against 9.3 µs
+for ``cpu_blas.linear_t``): where it needs no gradient and torch runs on one thread it is the numba
+GEMV of ``xlram.ops.gemv_numba`` (the LM head after a numba generation step: 6 against 20 µs), else
+``F.linear``.
 """
 
 from __future__ import annotations
 
+import importlib
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 from xlram.ops import cpu_blas
+from xlram.ops.numba_kernels import LazyKernels
 
 _DTYPES = (torch.float32, torch.float64)
+_GEMV = LazyKernels(lambda: importlib.import_module("xlram.ops.gemv_numba"))
+_EMPTY = {torch.float32: np.empty(0, np.float32), torch.float64: np.empty(0, np.float64)}
 
 
 def _uses_blas(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -65,8 +73,30 @@ class _BlasLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+def _one_row_numba(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """The numba GEMV (``xlram.ops.gemv_numba``) where it applies: one row, nothing that needs a
+    gradient, fp32/fp64 plain CPU tensors, torch on one thread (its MKL GEMV may use more), not under
+    compile or autocast, numba usable. Returns the kernel module or None."""
+    if not (x.numel() == x.shape[-1] and x.device.type == "cpu" and x.dtype in _DTYPES
+            and weight.dtype == x.dtype and type(weight) in (torch.Tensor, nn.Parameter)
+            and type(x) in (torch.Tensor, nn.Parameter) and weight.is_contiguous()
+            and (bias is None or (bias.dtype == x.dtype and type(bias) in (torch.Tensor, nn.Parameter)))):
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return None
+    if torch.get_num_threads() != 1 or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return None
+    return _GEMV.get()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: x (..., in), weight (out, in), bias (out,) -> (..., out)."""
+    kernel = _one_row_numba(x, weight, bias)
+    if kernel is not None:
+        b = _EMPTY[x.dtype] if bias is None else bias.detach().numpy()
+        y = kernel.gemv(x.detach().reshape(-1).contiguous().numpy(), weight.detach().numpy(), b)
+        return torch.from_numpy(y).view(*x.shape[:-1], weight.shape[0])
     if not _uses_blas(x, weight, bias):
         return F.linear(x, weight, bias)
     x2 = x.reshape(-1, x.shape[-1])
