@@ -84,3 +84,23 @@ def test_fp32_arguments_compute_in_fp64():
     got = _over(nm.silu)(x32)
     want = x32.astype(np.float64) / (1 + np.exp(-x32.astype(np.float64)))
     assert _ulps(got, want).max() <= 4
+
+
+def test_silu_like_is_fp32_silu_within_3_ulp_and_fp64_silu_for_fp64():
+    @numba.njit
+    def apply(x):
+        out = np.empty_like(x)
+        for i in range(x.shape[0]):
+            out[i] = nm.silu_like(x[i])
+        return out
+
+    x32 = _points(-100.0, 100.0).astype(np.float32)
+    want = x32.astype(np.float64) / (1 + np.exp(-x32.astype(np.float64)))
+    got = apply(x32)
+    assert got.dtype == np.float32
+    big = np.abs(want) > 1e-30  # below, fp32 is subnormal and the last place means little
+    assert (np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32)))[big].max() <= 3
+    assert np.abs(got[~big]).max() <= 1e-30
+    assert np.isnan(apply(np.array([np.nan], np.float32)))[0]
+    x64 = _points(-700.0, 700.0)
+    np.testing.assert_array_equal(apply(x64), _over(nm.silu)(x64))

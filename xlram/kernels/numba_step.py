@@ -27,7 +27,7 @@ import numpy as np
 
 from xlram.ops.mlstm.memory_numba import update_head
 from xlram.ops.norm_numba import norm_row
-from xlram.ops.numba_math import dot, exp_neg, log_sigmoid, silu
+from xlram.ops.numba_math import dot, exp_neg, log_sigmoid, silu, silu_like
 from xlram.ops.numba_math import jit as _jit
 from xlram.ops.slstm.cell_numba import cell
 
@@ -136,7 +136,7 @@ def _conv_rows(x, wt, b, state, y):  # pragma: no cover - compiled
             for c in range(C):
                 yr[c] += wj[c] * sj[c]
         for c in range(C):
-            yr[c] = silu(yr[c])
+            yr[c] = silu_like(yr[c])
         for j in range(K - 2):
             dst = state[r, j]
             src = state[r, j + 1]
@@ -212,7 +212,7 @@ def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w,
     _head_norm(hid, NH, out_w, out_b, out_eps)
     for r in range(B):
         for j in range(Di):
-            hid[r, j] = (hid[r, j] + skip[j] * x_c[r, j]) * silu(up[r, Di + j])
+            hid[r, j] = (hid[r, j] + skip[j] * x_c[r, j]) * silu_like(up[r, Di + j])
     return hid
 
 
