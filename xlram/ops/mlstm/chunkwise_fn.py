@@ -35,6 +35,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from xlram.ops import cpu_blas
+from xlram.ops.mlstm.scan_cpu import scan
 from xlram.ops.rowdot import rowdot
 
 
@@ -106,17 +107,8 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
     KV = _bmm(ke.transpose(-1, -2), v_c)  # (B, H, NC, dk, dv)
     Kn = ke.sum(-2)  # (B, H, NC, dk)
     del ke
-    Cst = torch.empty(B, H, NC, dk, dv, **opts)  # Cst[:, :, c] = C_c
-    nst = torch.empty(B, H, NC, dk, **opts)
-    Cst[:, :, 0] = C0
-    nst[:, :, 0] = n0
-    C_t, KV_t, n_t, Kn_t = Cst.unbind(2), KV.unbind(2), nst.unbind(2), Kn.unbind(2)
-    wo_C, wo_n = wo[..., None, None].unbind(2), wo[..., None].unbind(2)
-    for c in range(NC - 1):
-        torch.addcmul(KV_t[c], C_t[c], wo_C[c], out=C_t[c + 1])
-        torch.addcmul(Kn_t[c], n_t[c], wo_n[c], out=n_t[c + 1])
-    C_end = torch.addcmul(KV_t[NC - 1], C_t[NC - 1], wo_C[NC - 1])
-    n_end = torch.addcmul(Kn_t[NC - 1], n_t[NC - 1], wo_n[NC - 1])
+    Cst, C_end = scan(KV, wo, C0)  # Cst[:, :, c] = C_c
+    nst, n_end = scan(Kn, wo, n0)
     del KV, Kn
 
     # Outputs of every chunk at once.
@@ -195,17 +187,8 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
 
     # Memories back through the chunks: dC_{c+1}, dn_{c+1} for every chunk c, then the chunk-end terms.
     wo = sv["wo"]
-    dCn = torch.empty(B, H, NC, dk, dv, **opts)  # dCn[:, :, c] = dC_{c+1}
-    dnn = torch.empty(B, H, NC, dk, **opts)
-    dCn[:, :, NC - 1] = dC_end
-    dnn[:, :, NC - 1] = dn_end
-    dCn_t, dC_loc_t, dnn_t, dn_loc_t = dCn.unbind(2), dC_loc.unbind(2), dnn.unbind(2), dn_loc.unbind(2)
-    wo_C, wo_n = wo[..., None, None].unbind(2), wo[..., None].unbind(2)
-    for c in range(NC - 1, 0, -1):
-        torch.addcmul(dC_loc_t[c], dCn_t[c], wo_C[c], out=dCn_t[c - 1])
-        torch.addcmul(dn_loc_t[c], dnn_t[c], wo_n[c], out=dnn_t[c - 1])
-    dC0 = torch.addcmul(dC_loc_t[0], dCn_t[0], wo_C[0])
-    dn0 = torch.addcmul(dn_loc_t[0], dnn_t[0], wo_n[0])
+    dCn, dC0 = scan(dC_loc, wo, dC_end, reverse=True)  # dCn[:, :, c] = dC_{c+1}
+    dnn, dn0 = scan(dn_loc, wo, dn_end, reverse=True)
     del dC_loc, dn_loc
     # C_{c+1} = wo C_c + sum_j e_j k_j v_jᵀ, n_{c+1} = wo n_c + sum_j e_j k_j
     T1 = _bmm(v_c, dCn.transpose(-1, -2)).add_(dnn[:, :, :, None, :])  # (..., L, dk): dC v_j + dn
@@ -221,12 +204,8 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     # dm_loc_c + s0_c + wold_c (T_{c+1} - s1_c), where wold is the share of m_{c+1} that g + m_c won.
     wold = sv["wold"]
     u = dm_loc + s0 - wold * s1
-    Ts = torch.empty(B, H, NC + 1, **opts)
-    Ts[..., NC] = dm_end
-    T_t, u_t, wold_t = Ts.unbind(-1), u.unbind(-1), wold.unbind(-1)
-    for c in range(NC - 1, -1, -1):
-        torch.addcmul(u_t[c], wold_t[c], T_t[c + 1], out=T_t[c])
-    dmp = Ts[..., 1:] - s1  # gradient reaching the max that made m_{c+1}
+    T_next, T0 = scan(u, wold, dm_end, reverse=True)  # T_next[..., c] = T_{c+1}
+    dmp = T_next - s1  # gradient reaching the max that made m_{c+1}
     da.scatter_add_(-1, sv["ja"][..., None], ((1 - wold) * dmp)[..., None])
     dg = wold * dmp + s0 + da.sum(-1)
     # a_j = g - b_j + i_j, g = b_{L-1}, b = cumsum(logf)
@@ -236,7 +215,7 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     dlogf = db.flip(-1).cumsum(-1).flip(-1)
     return (
         dq.view(B, H, S, dk), dk_.view(B, H, S, dk), dv_.view(B, H, S, dv),
-        dlogf.reshape(B, H, S), di.reshape(B, H, S), dC0, dn0, Ts[..., 0].clone(),
+        dlogf.reshape(B, H, S), di.reshape(B, H, S), dC0, dn0, T0,
     )
 
 
