@@ -91,3 +91,16 @@ def test_double_backward_is_refused():
     (g,) = torch.autograd.grad(linear(x, w).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+def test_one_row_under_torch_compile_is_traced_as_f_linear():
+    """Under torch.compile a single row is F.linear, decided before anything dynamo would guard on
+    (torch's thread count): with the guards skipped, as the compiled generation step runs, a later
+    call must not recompile."""
+    gen = torch.Generator().manual_seed(6)
+    x, w = torch.randn(1, 16, generator=gen), torch.randn(8, 16, generator=gen)
+    fn = torch.compile(lambda x, w: linear(x, w), fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(fn(x, w), F.linear(x, w))
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            torch.testing.assert_close(fn(x * 2, w), F.linear(x * 2, w))

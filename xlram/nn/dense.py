@@ -77,6 +77,8 @@ def _one_row_numba(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """The numba GEMV (``xlram.ops.gemv_numba``) where it applies: one row, nothing that needs a
     gradient, fp32/fp64 plain CPU tensors, torch on one thread (its MKL GEMV may use more), not under
     compile or autocast, numba usable. Returns the kernel module or None."""
+    if torch.compiler.is_compiling():  # first: dynamo would guard on what the checks below read
+        return None
     if not (x.numel() == x.shape[-1] and x.device.type == "cpu" and x.dtype in _DTYPES
             and weight.dtype == x.dtype and type(weight) in (torch.Tensor, nn.Parameter)
             and type(x) in (torch.Tensor, nn.Parameter) and weight.is_contiguous()
@@ -85,7 +87,7 @@ def _one_row_numba(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return None
-    if torch.get_num_threads() != 1 or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+    if torch.get_num_threads() != 1 or torch.is_autocast_enabled("cpu"):
         return None
     return _GEMV.get()
 
