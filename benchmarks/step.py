@@ -9,7 +9,7 @@ Rows (``value`` = median CPU milliseconds, ``wall_ms`` the same by the wall cloc
 
 - ``ms_per_step`` at batch 1 and 16 for ``xlstm-2.0.6`` (``model.step``, one token per call),
   ``xlram`` (``model.step`` under ``no_grad``, the default inference path ``xlram.fused_step``: one
-  numba call per block, the projections as torch matmuls from batch 12; it covers this model at both
+  numba call per block, the projections as ``cpu_blas`` matmuls from batch 8; it covers this model at both
   batches), ``xlram-torch``
   (the same with ``stack.fused_step = False``: the in-place torch step) and ``xlram-compiled`` (the
   torch step after ``model.stack.compile_step()``); ``speedup`` = official / xlram. ``bound_ms`` is the

@@ -1,9 +1,10 @@
 """The mLSTM chunkwise form: recurrence on (C, n, m) between chunks, the parallel form inside them.
 
 Cost per head O(S·L·(dk + dv) + S·dk·dv) for chunks of L steps, linear in S in time and memory; all
-of it batched matmuls over the chunks except two scans over chunks (not steps) of one elementwise
-kernel each. The work is one autograd Function with a hand-derived backward (``chunkwise_fn.py``):
-no per-chunk autograd graph, and the backward is batched matmuls too.
+of it batched matmuls over the chunks except the scans over chunks (not steps) that carry the
+stabiliser and the memory from one chunk to the next. The work is one autograd Function with a
+hand-derived backward (``chunkwise_fn.py``): no per-chunk autograd graph, and the backward is
+batched matmuls too.
 
 A sequence that is not a multiple of L is padded at the end with steps that leave the state exactly
 as it is (k = v = q = 0, input gate exp(-inf) = 0, forget gate exp(0) = 1), so the outputs of the

@@ -4,7 +4,8 @@ Autograd through the chunkwise form records a graph of a few dozen nodes per chu
 intermediate alive; this Function runs the forward without a graph, saves what the backward needs
 (linear in S) and computes every gradient with batched matmuls over all chunks at once. Only two
 things are sequential, in both directions: the stabiliser ``m`` and the memory ``(C, n)`` from one
-chunk to the next, one elementwise kernel per chunk each.
+chunk to the next (scans over chunks; on CPU those of the memories, and the stabiliser's backward, one
+compiled pass each: ``scan_cpu``).
 
 Notation (per batch and head; chunk c of L steps starts from the state (C_c, n_c, m_c)):
 
