@@ -17,3 +17,53 @@ def test_a_model_without_prefill_says_what_it_misses():
 
     with pytest.raises(NotImplementedError, match=r"NoPrefill must define _prefill\(ids, total_len\)"):
         NoPrefill().generate([[1]], 2)
+
+
+def test_cpu_sampling_kernel_draws_what_the_torch_form_draws(monkeypatch):
+    """The numba inverse-CDF lookup (CPU, no top-k or nucleus) gives the torch form's tokens from the
+    same generator state, for one generator and for one generator per row."""
+    pytest.importorskip("numba")
+    import xlram.generation as gen
+
+    logits = torch.randn(64, 300, generator=torch.Generator().manual_seed(0)) * 3
+    logits[:, 7] = float("-inf")  # a masked token is never drawn
+    rows = list(range(0, 64, 2))
+
+    def draw(temperature, per_row):
+        gens = ([torch.Generator().manual_seed(i) for i in range(64)] if per_row
+                else torch.Generator().manual_seed(1))
+        return gen.sample_tokens(logits, rows, temperature, None, None, gens)
+
+    assert gen._SAMPLING.get() is not None
+    fast = {(t, p): draw(t, p) for t in (0.5, 1.0, 2.0) for p in (False, True)}
+    monkeypatch.setattr(gen._SAMPLING, "get", lambda: None)
+    for key, tokens in fast.items():
+        torch.testing.assert_close(tokens[rows], draw(*key)[rows], rtol=0, atol=0)
+        assert not (tokens[rows] == 7).any()
+
+
+@pytest.mark.parametrize("stops", [(), "found"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_equal_length_prompts_decode_as_the_general_loop(stops, temperature):
+    """Prompts of one length take a shorter loop; it gives the general loop's tokens, stop handling
+    and padding (the general loop forced by one more, unused, column of padding)."""
+    from xlram.generation import decode
+    from xlram.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lm-xlstm[1:1]-tiny").double().eval()
+    prompts = torch.randint(0, 64, (3, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        free = model.generate(prompts, 12, temperature=0)
+        stop_list = [int(free[0, 4]), int(free[2, 1])] if stops == "found" else []
+
+        def run(p):
+            gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+            return decode(model._prefill, model._step, p, [5, 5, 5], 12, temperature=temperature,
+                          stops=stop_list, pad_id=63, generators=gens)
+
+        fast = run(prompts)
+        general = run(torch.cat([prompts, torch.zeros(3, 1, dtype=torch.long)], 1))
+    torch.testing.assert_close(fast, general, rtol=0, atol=0)
+    if stops and temperature == 0:
+        assert (fast == 63).any()  # some row stopped and was padded
