@@ -179,13 +179,14 @@ def test_stack_step_copies_a_state_it_may_not_overwrite():
 
 
 @pytest.mark.slow
-def test_compiled_stack_step_equals_eager():
+@pytest.mark.parametrize("batch", [1, 3])  # 1: single-row projections (xlram.nn.linear's one-row path)
+def test_compiled_stack_step_equals_eager(batch):
     stack = _stack().float()
-    x = torch.randn(3, 5, 32)
+    x = torch.randn(batch, 5, 32)
     with torch.no_grad():
-        ref = [stack.step(x[:, t], s)[0] for s in [stack.init_state(3)] for t in range(5)]
+        ref = [stack.step(x[:, t], s)[0] for s in [stack.init_state(batch)] for t in range(5)]
         stack.compile_step()
-        state = stack.init_state(3)
+        state = stack.init_state(batch)
         out = [stack.step(x[:, t], state)[0] for t in range(5)]
         stack.compile_step(False)
     for a, b in zip(out, ref, strict=True):
