@@ -31,18 +31,24 @@ _EXP_MIN = -708.0  # e^x below this is subnormal in fp64
 jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
 
+# (integer width, exponent bias, mantissa bits, LLVM type) of each float type _pow2 takes
+_FLOAT_BITS = {types.float64: (64, 1023, 52, ir.DoubleType()), types.float32: (32, 127, 23, ir.FloatType())}
+
+
 @intrinsic
 def _pow2(typingctx, k):
-    """2**k for an integral fp64 k in the normal range, from its bits (vectorises, unlike ldexp)."""
-    if k != types.float64:
+    """2**k for an integral fp64 or fp32 k in that type's normal range, from its bits (vectorises,
+    unlike ldexp); the result has k's type."""
+    if k not in _FLOAT_BITS:
         return None
+    width, bias, mantissa, float_type = _FLOAT_BITS[k]
 
     def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
-        biased = builder.add(builder.fptosi(args[0], i64), i64(1023))
-        return builder.bitcast(builder.shl(biased, i64(52)), ir.DoubleType())
+        int_type = ir.IntType(width)
+        biased = builder.add(builder.fptosi(args[0], int_type), int_type(bias))
+        return builder.bitcast(builder.shl(biased, int_type(mantissa)), float_type)
 
-    return types.float64(types.float64), codegen
+    return k(k), codegen
 
 
 @jit
@@ -117,20 +123,6 @@ def log_sigmoid(x):  # pragma: no cover - compiled
     return min(x, 0.0) - log1p_unit(exp_neg(-abs(x)))
 
 
-@intrinsic
-def _pow2_f32(typingctx, k):
-    """2**k for an integral fp32 k in [-126, 127], from its bits."""
-    if k != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        biased = builder.add(builder.fptosi(args[0], i32), i32(127))
-        return builder.bitcast(builder.shl(biased, i32(23)), ir.FloatType())
-
-    return types.float32(types.float32), codegen
-
-
 _F32 = np.float32
 
 
@@ -148,7 +140,7 @@ def exp_neg_f32(x):  # pragma: no cover - compiled
     q = q * r + _F32(0.5)
     q = q * r + _F32(1.0)
     q = q * r + _F32(1.0)
-    e = _pow2_f32(k) * q
+    e = _pow2(k) * q
     return e if xc > _F32(-87.0) else _F32(0.0)
 
 
