@@ -246,9 +246,10 @@ def decode(prefill: Callable, step: Callable, prompts: torch.Tensor, lengths: li
 def _decode_equal_lengths(prefill, step, prompts, max_new_tokens, temperature, top_k, top_p, stops, pad_id,
                           generators) -> torch.Tensor:
     """``decode`` where every prompt has the same length: every row samples at every position, so the
-    per-token bookkeeping of the general loop (a dozen small tensor ops, ~80 µs per token on the
-    2-core CPU, a quarter of a batch-1 step there) reduces to keeping the sampled tokens; positions
-    after a row's first stop token are set to ``pad_id`` at the end. Same tokens, same random draws."""
+    per-token bookkeeping of the general loop (a dozen small tensor ops) reduces to keeping the
+    sampled tokens; positions after a row's first stop token are set to ``pad_id`` at the end. Same
+    tokens, same random draws. (With the general loop, greedy decoding of the 3.5M-parameter LM at
+    batch 1 took 0.48-0.49 ms per token against 0.40 ms for its step alone, one run each.)"""
     B, max_len = prompts.shape
     rows = list(range(B))
     logits, state = prefill(prompts, max_len + max_new_tokens - 1)
