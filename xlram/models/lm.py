@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_hooks
 
 from xlram.blocks import XLSTMConfig, XLSTMStack, xlstm_config
 from xlram.checkpoint import PretrainedMixin
@@ -28,10 +29,8 @@ from xlram.nn import Linear, small_init_, soft_cap
 
 def _hooked(module: nn.Module) -> bool:
     """Whether calling ``module`` would run hooks (its own or global ones) around its forward."""
-    from torch.nn.modules import module as m
-
-    return bool(module._forward_hooks or module._forward_pre_hooks or m._global_forward_hooks
-                or m._global_forward_pre_hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks or _module_hooks._global_forward_hooks
+                or _module_hooks._global_forward_pre_hooks)
 
 
 __all__ = ["XLSTMLM", "XLSTMLMConfig"]

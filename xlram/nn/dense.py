@@ -30,12 +30,19 @@ _GEMV = LazyKernels(lambda: importlib.import_module("xlram.ops.gemv_numba"))
 _EMPTY = {torch.float32: np.empty(0, np.float32), torch.float64: np.empty(0, np.float64)}
 
 
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+def _plain_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """x, weight and bias (or None) are plain (not subclassed) fp32 or fp64 CPU tensors of one dtype."""
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype in _DTYPES
+            and weight.dtype == x.dtype and type(weight) in _PLAIN and type(x) in _PLAIN
+            and (bias is None or (bias.dtype == x.dtype and type(bias) in _PLAIN)))
+
+
 def _uses_blas(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return (  # one row first: a generation step's projections check nothing else
-        x.numel() > x.shape[-1] and x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
-        and type(weight) in (torch.Tensor, nn.Parameter) and type(x) in (torch.Tensor, nn.Parameter)
-        and (bias is None or (bias.dtype == x.dtype and type(bias) in (torch.Tensor, nn.Parameter)))
-        and not torch.compiler.is_compiling()
+        x.numel() > x.shape[-1] and _plain_cpu(x, weight, bias) and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled("cpu") and cpu_blas.route() == "openblas"
     )
 
@@ -79,10 +86,7 @@ def _one_row_numba(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     compile or autocast, numba usable. Returns the kernel module or None."""
     if torch.compiler.is_compiling():  # first: dynamo would guard on what the checks below read
         return None
-    if not (x.numel() == x.shape[-1] and x.device.type == "cpu" and x.dtype in _DTYPES
-            and weight.dtype == x.dtype and type(weight) in (torch.Tensor, nn.Parameter)
-            and type(x) in (torch.Tensor, nn.Parameter) and weight.is_contiguous()
-            and (bias is None or (bias.dtype == x.dtype and type(bias) in (torch.Tensor, nn.Parameter)))):
+    if not (x.numel() == x.shape[-1] and _plain_cpu(x, weight, bias) and weight.is_contiguous()):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):

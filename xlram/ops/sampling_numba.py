@@ -4,9 +4,9 @@
 The torch form is about ten small ops per token (scale, softmax, cumsum, searchsorted, ...). After a
 numba generation step torch's code is out of cache, and on the 2-core CPU they cost about 130 µs per
 token at batch 1 (generation at temperature 1: 0.76 against 0.63 ms per token, best of alternating
-rounds in a loaded hour). Here the same draw is one pass per row in fp64: the same uniform numbers pick from the same
-distribution, so a token can differ from the torch form's only where the number falls within
-rounding of a boundary of the cumulative distribution.
+rounds in a loaded hour). Here the same draw is one pass per row in fp64: the same uniform numbers
+pick from the same distribution, so a token can differ from the torch form's only where the number
+falls within rounding of a boundary of the cumulative distribution.
 """
 
 from __future__ import annotations
