@@ -152,6 +152,19 @@ def silu_f32(x):  # pragma: no cover - compiled
     return x * ((_F32(1.0) if x >= _F32(0.0) else e) / (_F32(1.0) + e))
 
 
+def exp_neg_like(x):
+    """e^x for x <= 0 in x's own precision inside numba code: ``exp_neg_f32`` for fp32 (in fp32), else
+    ``exp_neg``."""
+    raise NotImplementedError("exp_neg_like is for numba-compiled code")
+
+
+@overload(exp_neg_like)
+def _exp_neg_like(x):
+    if x == types.float32:
+        return lambda x: exp_neg_f32(x)
+    return lambda x: exp_neg(x)
+
+
 def silu_like(x):
     """SiLU in x's own precision inside numba code: ``silu_f32`` for fp32, ``silu`` otherwise."""
     raise NotImplementedError("silu_like is for numba-compiled code")
@@ -174,3 +187,11 @@ def dot(a, b):  # pragma: no cover - compiled
         t += a[c] * b[c]
     return t
 
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def total(a):  # pragma: no cover - compiled
+    """The sum of a 1-D array in its dtype, in any order (vectorised)."""
+    t = a.dtype.type(0)
+    for c in range(a.shape[0]):
+        t += a[c]
+    return t

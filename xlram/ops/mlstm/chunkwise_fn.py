@@ -5,7 +5,8 @@ intermediate alive; this Function runs the forward without a graph, saves what t
 (linear in S) and computes every gradient with batched matmuls over all chunks at once. Only two
 things are sequential, in both directions: the stabiliser ``m`` and the memory ``(C, n)`` from one
 chunk to the next (scans over chunks; on CPU those of the memories, and the stabiliser's backward, one
-compiled pass each: ``scan_cpu``).
+compiled pass each: ``scan_cpu``). The work on the (L, L) decay matrices and the stabilisers, both
+ways, is ``decay``: one compiled pass per chunk on CPU, which never stores the log decays.
 
 Notation (per batch and head; chunk c of L steps starts from the state (C_c, n_c, m_c)):
 
@@ -30,12 +31,11 @@ saves kernels but makes every d x d matmul d x (d+1), which ran ~30 % slower in 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.autograd.function import once_differentiable
 
 from xlram.ops import cpu_blas
+from xlram.ops.mlstm.decay import _max_weight, chunk_ends, chunk_weights, weights_backward
 from xlram.ops.mlstm.scan_cpu import scan
 from xlram.ops.rowdot import rowdot
 
@@ -54,27 +54,6 @@ def _baddbmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return c
 
 
-def _log_decay(logf: torch.Tensor, i: torch.Tensor):
-    """``parallel.log_decay`` with fewer passes over the (..., L, L) matrix (all in place).
-
-    D[t, j] = sum_{j<s<=t} logf_s + i_j for j <= t, -inf above the diagonal; the sums are running
-    sums down each column (never differences of prefix sums, which cancel in fp32). Returns D,
-    b = cumsum(logf), a = D[..., L-1, :] and g = sum(logf).
-    """
-    L = logf.shape[-1]
-    strict = torch.ones(L, L, dtype=logf.dtype, device=logf.device).tril_(-1)
-    D = torch.mul(logf[..., :, None], strict)  # D[t, j] = logf_t for t > j, else 0
-    D.cumsum_(dim=-2)
-    D.add_(i[..., None, :]).masked_fill_(strict.T.bool(), float("-inf"))
-    b = logf.cumsum(-1)
-    return D, b, D[..., -1, :], b[..., -1]
-
-
-def _max_weight(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The share of ``max(x, y)``'s gradient that goes to x: 1 where x wins, 1/2 on a tie, else 0."""
-    return (x > y).to(x.dtype) + 0.5 * (x == y).to(x.dtype)
-
-
 def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: bool, scale: float = 1.0):
     """Forward over NC = S // L whole chunks; all tensors contiguous, in the compute dtype.
 
@@ -88,20 +67,11 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
     B, H, S, dk = qs.shape
     dv = v.shape[-1]
     NC = S // L
-    opts = {"dtype": qs.dtype, "device": qs.device}
     q_c, k_c, v_c = (x.view(B, H, NC, L, x.shape[-1]) for x in (qs, k, v))
-    D, b, a, g = _log_decay(logf.view(B, H, NC, L), i.view(B, H, NC, L))  # D (B, H, NC, L, L)
-
-    # Stabilisers at the chunk boundaries: a scan over chunks of (B, H) scalars.
-    amax, ja = a.max(-1)  # (B, H, NC)
-    ms = torch.empty(B, H, NC + 1, **opts)
-    ms[..., 0] = m0
-    m_t, gm = ms.unbind(-1), torch.empty(B, H, **opts)
-    for c in range(NC):
-        torch.maximum(torch.add(g[..., c], m_t[c], out=gm), amax[..., c], out=m_t[c + 1])
-    m_start, m_end = ms[..., :-1], ms[..., 1:]
-    wo = torch.exp(g + m_start - m_end)  # (B, H, NC) weight of the old state in the new
-    e = torch.exp(a - m_end[..., None])  # (B, H, NC, L) weight of step j in the end state
+    logf_c, i_c = logf.view(B, H, NC, L), i.view(B, H, NC, L)
+    # Stabilisers at the chunk boundaries (a scan over chunks of (B, H) scalars) and chunk-end weights.
+    ends = chunk_ends(logf_c, i_c, m0)
+    ms, wo, e = ends.ms, ends.wo, ends.e
 
     # Memories at the chunk starts: what each chunk adds in one batched matmul, then a scan.
     ke = k_c * e[..., None]
@@ -112,18 +82,12 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
     nst, n_end = scan(Kn, wo, n0)
     del KV, Kn
 
-    # Outputs of every chunk at once.
-    Dmax, jD = D.max(-1)  # (B, H, NC, L)
-    lw0 = b + m_start[..., None]  # log weight of the start state at each step
-    mrow = torch.maximum(Dmax, lw0)
-    mrow_s = mrow - math.log(scale)  # exp(x - mrow_s) = scale * exp(x - mrow)
-    W = torch.exp(D.sub_(mrow_s[..., None]))  # (B, H, NC, L, L) scaled; D is not needed any more
-    del D
-    w0 = torch.exp(lw0 - mrow_s)
-    P = _bmm(q_c, k_c.transpose(-1, -2)).mul_(W)
+    # Outputs of every chunk at once; W, w0 and P include the scale of q.
+    S_qk = _bmm(q_c, k_c.transpose(-1, -2))  # (B, H, NC, L, L), becomes P
+    P, W, psum, mrow, jD, wstate, w0 = chunk_weights(S_qk, logf_c, i_c, ends, scale)
     QC = _bmm(q_c, Cst)  # (B, H, NC, L, dv)
     num = _baddbmm(QC.mul_(w0[..., None]), P, v_c)
-    qn = torch.linalg.vecdot(q_c, nst[:, :, :, None, :]).mul_(w0).add_(P.sum(-1))  # (B, H, NC, L)
+    qn = torch.linalg.vecdot(q_c, nst[:, :, :, None, :]).mul_(w0).add_(psum)  # (B, H, NC, L)
     den = torch.maximum(qn.abs(), torch.exp(-mrow)).add_(eps)
     h = num.div_(den[..., None]).view(B, H, S, dv)
     m_fin = ms[..., -1].clone()
@@ -131,7 +95,7 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
         return h, C_end, n_end, m_fin, None
     saved = {
         "qs": qs, "k": k, "v": v, "Cst": Cst, "nst": nst, "wo": wo, "e": e,
-        "ja": ja, "wold": _max_weight(g + m_start, amax), "jD": jD, "wstate": _max_weight(lw0, Dmax),
+        "ja": ends.ja, "wold": ends.wold, "jD": jD, "wstate": wstate,
         "mrow": mrow, "w0": w0, "W": W, "P": P, "qn": qn, "den": den, "h": h,
     }  # W, w0 and P include the scale of q
     return h, C_end, n_end, m_fin, saved
@@ -159,32 +123,20 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     dmrow = dden.mul_(1 - w_abs).mul_(em).neg_()
 
     # num = P v + w0 (q̂ C_c), qn = P 1 + w0 (q̂ n_c), P = (q̂ kᵀ) ⊙ W
-    dP = torch.empty(B, H, NC, L, L, **opts).copy_(dqn[..., None])  # a copy: dqn changes below
-    _baddbmm(dP, dnum, v_c.transpose(-1, -2))
+    dPv = _bmm(dnum, v_c.transpose(-1, -2))  # (B, H, NC, L, L): dP less its dqn term
     dv_ = _bmm(P.transpose(-1, -2), dnum)  # (B, H, NC, L, dv)
     X = _bmm(dnum, Cst.transpose(-1, -2)).addcmul_(dqn[..., None], nst[:, :, :, None, :])  # (..., L, dk)
-    dw0 = rowdot(X, q_c)
+    dlw0 = rowdot(X, q_c).mul_(w0)  # gradient of lw0 = b + m_c, the log of w0
+    dS, di, db, dm_loc = weights_backward(dPv, dqn, W, P, sv["jD"], sv["wstate"], dmrow, dlw0)
     dq = X.mul_(w0[..., None])
     dnum.mul_(w0[..., None])
     dqn.mul_(w0)
     dC_loc = _bmm(q_c.transpose(-1, -2), dnum)  # (B, H, NC, dk, dv): gradient of C_c from chunk c
     dn_loc = _bmm(q_c.transpose(-1, -2), dqn[..., None]).squeeze(-1)  # (B, H, NC, dk)
     del dnum, dqn
-    dS = dP * W
     _baddbmm(dq, dS, k_c)
     dk_ = _bmm(dS.transpose(-1, -2), q_c)
-    del dS
-    dD = dP.mul_(P)  # dW ⊙ W = dP ⊙ S ⊙ W = dP ⊙ P
-    # W = exp(D - mrow), w0 = exp(b + m_c - mrow), mrow = max(max_j D_tj, b_t + m_c)
-    dlw0 = dw0.mul_(w0)
-    dmrow -= dD.sum(-1) + dlw0
-    to_state = dmrow * sv["wstate"]
-    db = dlw0 + to_state  # (B, H, NC, L)
-    dm_loc = db.sum(-1)  # (B, H, NC) gradient of m_c from chunk c's outputs
-    dD.scatter_add_(-1, sv["jD"][..., None], (dmrow - to_state)[..., None])
-    di = dD.sum(-2)
-    db += dD.sum(-1) - di  # D_tj = b_t - b_j + i_j
-    del dD, dP
+    del dS, dPv
 
     # Memories back through the chunks: dC_{c+1}, dn_{c+1} for every chunk c, then the chunk-end terms.
     wo = sv["wo"]
