@@ -6,7 +6,8 @@ intermediate alive; this Function runs the forward without a graph, saves what t
 things are sequential, in both directions: the stabiliser ``m`` and the memory ``(C, n)`` from one
 chunk to the next (scans over chunks; on CPU those of the memories, and the stabiliser's backward, one
 compiled pass each: ``scan_cpu``). The work on the (L, L) decay matrices and the stabilisers, both
-ways, is ``decay``: one compiled pass per chunk on CPU, which never stores the log decays.
+ways, is ``decay``: one compiled pass per chunk on CPU, which never stores the log decays; the
+row-wise work between the matmuls (row scales, normaliser, row dot products) is ``rows``.
 
 Notation (per batch and head; chunk c of L steps starts from the state (C_c, n_c, m_c)):
 
@@ -35,7 +36,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from xlram.ops import cpu_blas
-from xlram.ops.mlstm.decay import _max_weight, chunk_ends, chunk_weights, weights_backward
+from xlram.ops.mlstm import rows
+from xlram.ops.mlstm.decay import chunk_ends, chunk_weights, weights_backward
 from xlram.ops.mlstm.scan_cpu import scan
 from xlram.ops.rowdot import rowdot
 
@@ -74,9 +76,8 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
     ms, wo, e = ends.ms, ends.wo, ends.e
 
     # Memories at the chunk starts: what each chunk adds in one batched matmul, then a scan.
-    ke = k_c * e[..., None]
+    ke, Kn = rows.keys(k_c, e)  # k_j e_j (B, H, NC, L, dk) and their sum over the chunk (B, H, NC, dk)
     KV = _bmm(ke.transpose(-1, -2), v_c)  # (B, H, NC, dk, dv)
-    Kn = ke.sum(-2)  # (B, H, NC, dk)
     del ke
     Cst, C_end = scan(KV, wo, C0)  # Cst[:, :, c] = C_c
     nst, n_end = scan(Kn, wo, n0)
@@ -86,10 +87,9 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
     S_qk = _bmm(q_c, k_c.transpose(-1, -2))  # (B, H, NC, L, L), becomes P
     P, W, psum, mrow, jD, wstate, w0 = chunk_weights(S_qk, logf_c, i_c, ends, scale)
     QC = _bmm(q_c, Cst)  # (B, H, NC, L, dv)
-    num = _baddbmm(QC.mul_(w0[..., None]), P, v_c)
-    qn = torch.linalg.vecdot(q_c, nst[:, :, :, None, :]).mul_(w0).add_(psum)  # (B, H, NC, L)
-    den = torch.maximum(qn.abs(), torch.exp(-mrow)).add_(eps)
-    h = num.div_(den[..., None]).view(B, H, S, dv)
+    h, qn, den = rows.outputs(_bmm(P, v_c), QC, q_c, nst, w0, psum, mrow, eps)  # qn, den (B, H, NC, L)
+    del QC
+    h = h.view(B, H, S, dv)
     m_fin = ms[..., -1].clone()
     if not keep:
         return h, C_end, n_end, m_fin, None
@@ -107,29 +107,21 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     B, H, S, dk = qs.shape
     dv = v.shape[-1]
     NC = S // L
-    opts = {"dtype": qs.dtype, "device": qs.device}
     q_c, k_c, v_c = (x.view(B, H, NC, L, x.shape[-1]) for x in (qs, k, v))
     w0, W, P, den, e = sv["w0"], sv["W"], sv["P"], sv["den"], sv["e"]
 
     # h = num / den with den = max(|qn|, exp(-mrow)) + eps
     dh = dh.reshape(B, H, NC, L, dv)  # any strides (upstream gradients may be transposed or expanded)
     h = sv["h"].view(B, H, NC, L, dv)
-    dnum = torch.empty(B, H, NC, L, dv, **opts)
-    torch.div(dh, den[..., None], out=dnum)
-    dden = torch.linalg.vecdot(dh, h).div_(den).neg_()
-    qn, em = sv["qn"], torch.exp(-sv["mrow"])
-    w_abs = _max_weight(qn.abs(), em)
-    dqn = dden * w_abs * torch.sign(qn)
-    dmrow = dden.mul_(1 - w_abs).mul_(em).neg_()
+    dnum, dqn, dmrow = rows.grad_outputs(dh, h, den, sv["qn"], sv["mrow"])
 
     # num = P v + w0 (q̂ C_c), qn = P 1 + w0 (q̂ n_c), P = (q̂ kᵀ) ⊙ W
     dPv = _bmm(dnum, v_c.transpose(-1, -2))  # (B, H, NC, L, L): dP less its dqn term
     dv_ = _bmm(P.transpose(-1, -2), dnum)  # (B, H, NC, L, dv)
-    X = _bmm(dnum, Cst.transpose(-1, -2)).addcmul_(dqn[..., None], nst[:, :, :, None, :])  # (..., L, dk)
-    dlw0 = rowdot(X, q_c).mul_(w0)  # gradient of lw0 = b + m_c, the log of w0
+    dq = _bmm(dnum, Cst.transpose(-1, -2))  # (..., L, dk), times w0 below
+    # dq <- (dq + dqn nstᵀ) w0, dnum <- dnum w0; dlw0: gradient of lw0 = b + m_c, the log of w0
+    dlw0 = rows.grad_queries(dq, dqn, nst, q_c, w0, dnum)
     dS, di, db, dm_loc = weights_backward(dPv, dqn, W, P, sv["jD"], sv["wstate"], dmrow, dlw0)
-    dq = X.mul_(w0[..., None])
-    dnum.mul_(w0[..., None])
     dqn.mul_(w0)
     dC_loc = _bmm(q_c.transpose(-1, -2), dnum)  # (B, H, NC, dk, dv): gradient of C_c from chunk c
     dn_loc = _bmm(q_c.transpose(-1, -2), dqn[..., None]).squeeze(-1)  # (B, H, NC, dk)
@@ -144,11 +136,11 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     dnn, dn0 = scan(dn_loc, wo, dn_end, reverse=True)
     del dC_loc, dn_loc
     # C_{c+1} = wo C_c + sum_j e_j k_j v_jᵀ, n_{c+1} = wo n_c + sum_j e_j k_j
-    T1 = _bmm(v_c, dCn.transpose(-1, -2)).add_(dnn[:, :, :, None, :])  # (..., L, dk): dC v_j + dn
-    da = rowdot(k_c, T1).mul_(e)  # gradient of a_j through e_j
-    dk_.addcmul_(T1, e[..., None])
+    T1 = _bmm(v_c, dCn.transpose(-1, -2))  # (..., L, dk): dC v_j, plus dn below
+    da, ke = rows.grad_keys(T1, dnn, k_c, e, dk_)  # da: gradient of a_j through e_j; dk += T1 e
     del T1
-    _baddbmm(dv_, k_c * e[..., None], dCn)
+    _baddbmm(dv_, ke, dCn)
+    del ke
     # gradient of g + m_c - m_{c+1}; dCn is not needed after this
     s0 = rowdot(dCn, Cst, dims=2, x_is_scratch=True).add_(rowdot(dnn, nst)).mul_(wo)
     # <dC_{c+1}, C_{c+1}> + <dn_{c+1}, n_{c+1}> = s0 + sum_j e_j (k_j·(dC v_j + dn)) = s0 + sum_j da_j
