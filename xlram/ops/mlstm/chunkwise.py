@@ -15,6 +15,7 @@ real steps and the final state are those of the unpadded sequence. The chunk len
 import torch
 import torch.nn.functional as F
 
+from . import chunk_loop_cpu
 from .chunkwise_fn import ChunkwiseFunction, chunkwise_forward
 from .state import MLSTMState, cast_state, state_dtype
 
@@ -30,7 +31,8 @@ def _pad(x: torch.Tensor, n: int, value: float) -> torch.Tensor:
 # Without gradients nothing has to be kept, so a long sequence runs SEGMENT_CHUNKS chunks at a time,
 # the state passed on: the per-chunk buffers (memories at the chunk starts, decay matrices) then
 # stay a few MiB instead of growing with S. Past 32 MiB glibc maps every fresh array from the OS and
-# faults each page in again: at S = 16,384 (B = 1, H = 4, d = 128) one pass took 3-4x longer.
+# faults each page in again: at S = 16,384 (B = 1, H = 4, d = 128) one pass took 3-4x longer. The
+# compiled loop over chunks (``chunk_loop_cpu``) keeps one chunk's buffers only, so it runs whole.
 SEGMENT_CHUNKS = 32
 
 
@@ -38,7 +40,7 @@ def _forward_in_segments(q, k, v, logf, i, C, n, m, L, eps, scale):
     """``chunkwise_forward`` over whole chunks, SEGMENT_CHUNKS at a time; returns h, C, n, m."""
     S = q.shape[2]
     seg = SEGMENT_CHUNKS * L
-    if S <= seg:
+    if S <= seg or chunk_loop_cpu.applies(q):
         h, C, n, m, _ = chunkwise_forward(q, k, v, logf, i, C, n, m, L, eps, False, scale)
         return h, C, n, m
     hs = []

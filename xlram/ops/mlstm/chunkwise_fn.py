@@ -36,7 +36,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from xlram.ops import cpu_blas
-from xlram.ops.mlstm import rows
+from xlram.ops.mlstm import chunk_loop_cpu, rows
 from xlram.ops.mlstm.decay import chunk_ends, chunk_weights, weights_backward
 from xlram.ops.mlstm.scan_cpu import scan
 from xlram.ops.rowdot import rowdot
@@ -73,6 +73,8 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
     logf_c, i_c = logf.view(B, H, NC, L), i.view(B, H, NC, L)
     # Stabilisers at the chunk boundaries (a scan over chunks of (B, H) scalars) and chunk-end weights.
     ends = chunk_ends(logf_c, i_c, m0)
+    if ends.D is None and chunk_loop_cpu.applies(qs):
+        return chunk_loop_cpu.forward(qs, k, v, logf_c, i_c, C0, n0, ends, L, eps, keep, scale)
     ms, wo, e = ends.ms, ends.wo, ends.e
 
     # Memories at the chunk starts: what each chunk adds in one batched matmul, then a scan.
@@ -101,8 +103,9 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
     return h, C_end, n_end, m_fin, saved
 
 
-def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
-    """Gradients of (qs, k, v, logf, i, C0, n0, m0) from those of h and of the final C, n, m."""
+def _backward_batched(sv: dict, L: int, dh, dC_end, dn_end):
+    """The chunk-by-chunk part of ``chunkwise_backward`` as batched products and passes over all chunks:
+    returns dq, dk, dv (B, H, NC, L, d), di, db, da (B, H, NC, L), dm_loc, s0 (B, H, NC), dC0, dn0."""
     qs, k, v, Cst, nst = sv["qs"], sv["k"], sv["v"], sv["Cst"], sv["nst"]
     B, H, S, dk = qs.shape
     dv = v.shape[-1]
@@ -143,6 +146,18 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     del ke
     # gradient of g + m_c - m_{c+1}; dCn is not needed after this
     s0 = rowdot(dCn, Cst, dims=2, x_is_scratch=True).add_(rowdot(dnn, nst)).mul_(wo)
+    return dq, dk_, dv_, di, db, da, dm_loc, s0, dC0, dn0
+
+
+def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
+    """Gradients of (qs, k, v, logf, i, C0, n0, m0) from those of h and of the final C, n, m."""
+    qs, v = sv["qs"], sv["v"]
+    B, H, S, dk = qs.shape
+    dv = v.shape[-1]
+    if chunk_loop_cpu.applies(qs):
+        dq, dk_, dv_, di, db, da, dm_loc, s0, dC0, dn0 = chunk_loop_cpu.backward(sv, L, dh, dC_end, dn_end)
+    else:
+        dq, dk_, dv_, di, db, da, dm_loc, s0, dC0, dn0 = _backward_batched(sv, L, dh, dC_end, dn_end)
     # <dC_{c+1}, C_{c+1}> + <dn_{c+1}, n_{c+1}> = s0 + sum_j e_j (k_j·(dC v_j + dn)) = s0 + sum_j da_j
     s1 = s0 + da.sum(-1)
     # Stabilisers back through the chunks: T_c, the gradient reaching m_c, is

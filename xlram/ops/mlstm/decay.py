@@ -220,86 +220,101 @@ def _build():
                 m = m_next
 
     @jit
+    def weights_chunk(S, lf, ic, bc, m_start, sc, W, psum, mrow, jD, wstate, w0, acc, d):  # pragma: no cover
+        """One chunk of ``weights``: S, W (L, L); lf, ic, bc, psum, mrow, jD, wstate, w0 (L,); scratch
+        acc (L,) fp64, d (L,)."""
+        L = lf.shape[0]
+        one, half, zero = lf.dtype.type(1), lf.dtype.type(0.5), lf.dtype.type(0)
+        ninf = lf.dtype.type(-np.inf)
+        for j in range(L):
+            acc[j] = 0.0
+        for t in range(L):
+            x = np.float64(lf[t])
+            for j in range(t):
+                acc[j] += x
+            for j in range(L):  # D[t, j], -inf above the diagonal (W = 0 there)
+                d[j] = lf.dtype.type(acc[j]) + ic[j] if j <= t else ninf
+            dmax = d[0]
+            for j in range(1, t + 1):
+                dmax = max(dmax, d[j])
+            jmax = 0
+            while jmax < t and d[jmax] != dmax:  # the first argmax, as torch's max
+                jmax += 1
+            lw0 = bc[t] + m_start
+            mr = max(dmax, lw0)
+            St, Wt = S[t], W[t]
+            for j in range(L):
+                w = exp_neg_like(d[j] - mr) * sc
+                Wt[j] = w
+                St[j] *= w
+            psum[t] = total(St)
+            mrow[t] = mr
+            jD[t] = jmax
+            wstate[t] = one if lw0 > dmax else (half if lw0 == dmax else zero)
+            w0[t] = exp_neg_like(lw0 - mr) * sc
+
+    @jit
     def weights(S, logf, ig, b, ms, scale, W, psum, mrow, jD, wstate, w0):  # pragma: no cover - compiled
         """S, W (N, NC, L, L); logf, ig, b, psum, mrow, jD, wstate, w0 (N, NC, L); ms (N, NC + 1)."""
         N, NC, L = logf.shape
-        one, half, zero = logf.dtype.type(1), logf.dtype.type(0.5), logf.dtype.type(0)
-        sc, ninf = logf.dtype.type(scale), logf.dtype.type(-np.inf)
-        acc = np.empty(L, np.float64)
-        d = np.empty(L, logf.dtype)
+        sc = logf.dtype.type(scale)
+        acc, d = np.empty(L, np.float64), np.empty(L, logf.dtype)
         for r in range(N):
             for c in range(NC):
-                lf, ic, bc, m_start = logf[r, c], ig[r, c], b[r, c], ms[r, c]
-                for j in range(L):
-                    acc[j] = 0.0
-                for t in range(L):
-                    x = np.float64(lf[t])
-                    for j in range(t):
-                        acc[j] += x
-                    for j in range(L):  # D[t, j], -inf above the diagonal (W = 0 there)
-                        d[j] = logf.dtype.type(acc[j]) + ic[j] if j <= t else ninf
-                    dmax = d[0]
-                    for j in range(1, t + 1):
-                        dmax = max(dmax, d[j])
-                    jmax = 0
-                    while jmax < t and d[jmax] != dmax:  # the first argmax, as torch's max
-                        jmax += 1
-                    lw0 = bc[t] + m_start
-                    mr = max(dmax, lw0)
-                    St, Wt = S[r, c, t], W[r, c, t]
-                    for j in range(L):
-                        w = exp_neg_like(d[j] - mr) * sc
-                        Wt[j] = w
-                        St[j] *= w
-                    psum[r, c, t] = total(St)
-                    mrow[r, c, t] = mr
-                    jD[r, c, t] = jmax
-                    wstate[r, c, t] = one if lw0 > dmax else (half if lw0 == dmax else zero)
-                    w0[r, c, t] = exp_neg_like(lw0 - mr) * sc
+                weights_chunk(S[r, c], logf[r, c], ig[r, c], b[r, c], ms[r, c], sc, W[r, c], psum[r, c],
+                              mrow[r, c], jD[r, c], wstate[r, c], w0[r, c], acc, d)
+
+    @jit
+    def backward_chunk(dP, dqn, W, P, jD, wstate, dmrow, dlw0, di, db, col, dd, rowtot):  # pragma: no cover
+        """One chunk of ``backward``: dP, W, P (L, L); the rest (L,), col, dd, rowtot scratch. Returns
+        dm_loc."""
+        L = dqn.shape[0]
+        zero = dP.dtype.type(0)
+        for j in range(L):
+            col[j] = zero  # column sums of dD
+        dm = zero
+        for t in range(L):
+            x_row, Wt, Pt, q = dP[t], W[t], P[t], dqn[t]
+            for j in range(L):
+                x = x_row[j] + q
+                x_row[j] = x * Wt[j]
+                y = x * Pt[j]  # dD = dP ⊙ P
+                dd[j] = y
+                col[j] += y
+            rs = total(dd)
+            dl = dlw0[t]
+            dmr = dmrow[t] - (rs + dl)
+            to_state = dmr * wstate[t]
+            dbt = dl + to_state
+            dm += dbt
+            extra = dmr - to_state  # to the argmax of row t of D
+            col[jD[t]] += extra
+            rowtot[t] = rs + extra
+            db[t] = dbt
+        for t in range(L):
+            di[t] = col[t]
+            db[t] += rowtot[t] - col[t]
+        return dm
 
     @jit
     def backward(dP, dqn, W, P, jD, wstate, dmrow, dlw0, di, db, dm_loc):  # pragma: no cover - compiled
         """dP, W, P (N, NC, L, L); dqn, jD, wstate, dmrow, dlw0, di, db (N, NC, L); dm_loc (N, NC)."""
         N, NC, L = dqn.shape
-        zero = dP.dtype.type(0)
-        col = np.empty(L, dP.dtype)  # column sums of dD
-        dd = np.empty(L, dP.dtype)  # one row of dD = dP ⊙ P
-        rowtot = np.empty(L, dP.dtype)
+        col, dd, rowtot = np.empty(L, dP.dtype), np.empty(L, dP.dtype), np.empty(L, dP.dtype)
         for r in range(N):
             for c in range(NC):
-                for j in range(L):
-                    col[j] = zero
-                dm = zero
-                for t in range(L):
-                    x_row, Wt, Pt, q = dP[r, c, t], W[r, c, t], P[r, c, t], dqn[r, c, t]
-                    for j in range(L):
-                        x = x_row[j] + q
-                        x_row[j] = x * Wt[j]
-                        y = x * Pt[j]
-                        dd[j] = y
-                        col[j] += y
-                    rs = total(dd)
-                    dl = dlw0[r, c, t]
-                    dmr = dmrow[r, c, t] - (rs + dl)
-                    to_state = dmr * wstate[r, c, t]
-                    dbt = dl + to_state
-                    dm += dbt
-                    extra = dmr - to_state  # to the argmax of row t of D
-                    col[jD[r, c, t]] += extra
-                    rowtot[t] = rs + extra
-                    db[r, c, t] = dbt
-                for t in range(L):
-                    di[r, c, t] = col[t]
-                    db[r, c, t] += rowtot[t] - col[t]
-                dm_loc[r, c] = dm
+                dm_loc[r, c] = backward_chunk(dP[r, c], dqn[r, c], W[r, c], P[r, c], jD[r, c], wstate[r, c],
+                                              dmrow[r, c], dlw0[r, c], di[r, c], db[r, c], col, dd, rowtot)
 
-    return _Kernels(ends, weights, backward)
+    return _Kernels(ends, weights, backward, weights_chunk, backward_chunk)
 
 
 class _Kernels(NamedTuple):
     ends: object
     weights: object
     backward: object
+    weights_chunk: object  # one chunk of each, for kernels that loop over chunks themselves
+    backward_chunk: object
 
 
 _KERNELS = LazyKernels(_build)

@@ -120,91 +120,108 @@ def _build():
 
     from xlram.ops.numba_math import dot, jit
 
+    # One chunk each: rows (L, d), per-step (L,), per-chunk (d,).
+
+    @jit
+    def keys_chunk(k, e, ke, kn):  # pragma: no cover - compiled
+        L, d = k.shape
+        for j in range(d):
+            kn[j] = 0
+        for t in range(L):
+            w, kr, ker = e[t], k[t], ke[t]
+            for j in range(d):
+                x = kr[j] * w
+                ker[j] = x
+                kn[j] += x
+
+    @jit
+    def outputs_chunk(num, QC, q, n, w0, psum, mrow, ep, qn, den):  # pragma: no cover - compiled
+        L, dv = num.shape
+        for t in range(L):
+            w = w0[t]
+            s = dot(q[t], n) * w + psum[t]
+            em = w0.dtype.type(math.exp(-mrow[t]))
+            dn = max(abs(s), em) + ep
+            qn[t] = s
+            den[t] = dn
+            nr, qr = num[t], QC[t]
+            for j in range(dv):
+                nr[j] = (nr[j] + w * qr[j]) / dn
+
+    @jit
+    def grad_outputs_chunk(dh, h, den, qn, mrow, dnum, dqn, dmrow):  # pragma: no cover - compiled
+        L, dv = h.shape
+        one, half, zero = h.dtype.type(1), h.dtype.type(0.5), h.dtype.type(0)
+        for t in range(L):
+            dn = den[t]
+            dhr, dr = dh[t], dnum[t]
+            dden = -(dot(dhr, h[t]) / dn)
+            for j in range(dv):
+                dr[j] = dhr[j] / dn
+            s = qn[t]
+            em = h.dtype.type(math.exp(-mrow[t]))
+            a = abs(s)
+            w_abs = one if a > em else (half if a == em else zero)
+            sign = one if s > zero else (-one if s < zero else zero)
+            dqn[t] = dden * w_abs * sign
+            dmrow[t] = -(dden * (one - w_abs) * em)
+
+    @jit
+    def grad_queries_chunk(X, dqn, n, q, w0, dnum, dlw0):  # pragma: no cover - compiled
+        L, dk = X.shape
+        dv = dnum.shape[1]
+        for t in range(L):
+            g, w, xr, dr = dqn[t], w0[t], X[t], dnum[t]
+            for j in range(dk):
+                xr[j] += g * n[j]
+            dlw0[t] = dot(xr, q[t]) * w
+            for j in range(dk):
+                xr[j] *= w
+            for j in range(dv):
+                dr[j] *= w
+
+    @jit
+    def grad_keys_chunk(T1, dn, k, e, dk, da, ke):  # pragma: no cover - compiled
+        L, d = k.shape
+        for t in range(L):
+            w, tr, kr, dkr, ker = e[t], T1[t], k[t], dk[t], ke[t]
+            for j in range(d):
+                tr[j] += dn[j]
+            da[t] = dot(kr, tr) * w
+            for j in range(d):
+                dkr[j] += tr[j] * w
+                ker[j] = kr[j] * w
+
+    # Over N chunks: the arrays above with a leading N.
+
     @jit
     def keys(k, e, ke, kn):  # pragma: no cover - compiled
-        """k, ke (N, L, d); e (N, L); kn (N, d)."""
-        N, L, d = k.shape
-        for c in range(N):
-            knc = kn[c]
-            for j in range(d):
-                knc[j] = 0
-            for t in range(L):
-                w, kr, ker = e[c, t], k[c, t], ke[c, t]
-                for j in range(d):
-                    x = kr[j] * w
-                    ker[j] = x
-                    knc[j] += x
+        for c in range(k.shape[0]):
+            keys_chunk(k[c], e[c], ke[c], kn[c])
 
     @jit
     def outputs(num, QC, q, nst, w0, psum, mrow, eps, qn, den):  # pragma: no cover - compiled
-        """num, QC (N, L, dv); q (N, L, dk); nst (N, dk); w0, psum, mrow, qn, den (N, L)."""
-        N, L, dv = num.shape
         ep = w0.dtype.type(eps)
-        for c in range(N):
-            for t in range(L):
-                w = w0[c, t]
-                s = dot(q[c, t], nst[c]) * w + psum[c, t]
-                em = w0.dtype.type(math.exp(-mrow[c, t]))
-                dn = max(abs(s), em) + ep
-                qn[c, t] = s
-                den[c, t] = dn
-                nr, qr = num[c, t], QC[c, t]
-                for j in range(dv):
-                    nr[j] = (nr[j] + w * qr[j]) / dn
+        for c in range(num.shape[0]):
+            outputs_chunk(num[c], QC[c], q[c], nst[c], w0[c], psum[c], mrow[c], ep, qn[c], den[c])
 
     @jit
     def grad_outputs(dh, h, den, qn, mrow, dnum, dqn, dmrow):  # pragma: no cover - compiled
-        """dh, h, dnum (N, L, dv); den, qn, mrow, dqn, dmrow (N, L)."""
-        N, L, dv = h.shape
-        one, half, zero = h.dtype.type(1), h.dtype.type(0.5), h.dtype.type(0)
-        for c in range(N):
-            for t in range(L):
-                dn = den[c, t]
-                dhr, dr = dh[c, t], dnum[c, t]
-                dden = -(dot(dhr, h[c, t]) / dn)
-                for j in range(dv):
-                    dr[j] = dhr[j] / dn
-                s = qn[c, t]
-                em = h.dtype.type(math.exp(-mrow[c, t]))
-                a = abs(s)
-                w_abs = one if a > em else (half if a == em else zero)
-                sign = one if s > zero else (-one if s < zero else zero)
-                dqn[c, t] = dden * w_abs * sign
-                dmrow[c, t] = -(dden * (one - w_abs) * em)
+        for c in range(h.shape[0]):
+            grad_outputs_chunk(dh[c], h[c], den[c], qn[c], mrow[c], dnum[c], dqn[c], dmrow[c])
 
     @jit
     def grad_queries(X, dqn, nst, q, w0, dnum, dlw0):  # pragma: no cover - compiled
-        """X, dnum (N, L, d); q (N, L, dk); nst (N, dk); dqn, w0, dlw0 (N, L)."""
-        N, L, dk = X.shape
-        dv = dnum.shape[2]
-        for c in range(N):
-            nc = nst[c]
-            for t in range(L):
-                g, w, xr, dr = dqn[c, t], w0[c, t], X[c, t], dnum[c, t]
-                for j in range(dk):
-                    xr[j] += g * nc[j]
-                dlw0[c, t] = dot(xr, q[c, t]) * w
-                for j in range(dk):
-                    xr[j] *= w
-                for j in range(dv):
-                    dr[j] *= w
+        for c in range(X.shape[0]):
+            grad_queries_chunk(X[c], dqn[c], nst[c], q[c], w0[c], dnum[c], dlw0[c])
 
     @jit
     def grad_keys(T1, dnn, k, e, dk, da, ke):  # pragma: no cover - compiled
-        """T1, k, dk, ke (N, L, d); dnn (N, d); e, da (N, L)."""
-        N, L, d = k.shape
-        for c in range(N):
-            nc = dnn[c]
-            for t in range(L):
-                w, tr, kr, dkr, ker = e[c, t], T1[c, t], k[c, t], dk[c, t], ke[c, t]
-                for j in range(d):
-                    tr[j] += nc[j]
-                da[c, t] = dot(kr, tr) * w
-                for j in range(d):
-                    dkr[j] += tr[j] * w
-                    ker[j] = kr[j] * w
+        for c in range(k.shape[0]):
+            grad_keys_chunk(T1[c], dnn[c], k[c], e[c], dk[c], da[c], ke[c])
 
-    return _Kernels(keys, outputs, grad_outputs, grad_queries, grad_keys)
+    return _Kernels(keys, outputs, grad_outputs, grad_queries, grad_keys, keys_chunk, outputs_chunk,
+                    grad_outputs_chunk, grad_queries_chunk, grad_keys_chunk)
 
 
 class _Kernels(NamedTuple):
@@ -213,6 +230,11 @@ class _Kernels(NamedTuple):
     grad_outputs: object
     grad_queries: object
     grad_keys: object
+    keys_chunk: object  # one chunk of each, for kernels that loop over chunks themselves
+    outputs_chunk: object
+    grad_outputs_chunk: object
+    grad_queries_chunk: object
+    grad_keys_chunk: object
 
 
 _KERNELS = LazyKernels(_build)

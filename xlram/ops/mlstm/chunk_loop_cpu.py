@@ -1,0 +1,216 @@
+"""The chunkwise mLSTM on CPU as one compiled loop over chunks each way, its products in OpenBLAS.
+
+Notation of ``chunkwise_fn``, whose batched form (one batched matmul or pass per step of the
+algorithm, over all chunks at once) this computes step for step. Batched, each intermediate is a
+tensor of all chunks, 8-16 MB at S = 4,096 (B = 1, H = 4, d = 128): written to memory by one step and
+read back by the next, and OpenBLAS packs its operands from memory at memory speed. Here one chunk
+goes through every step before the next starts: its q kᵀ, weights, memory, outputs and, backward, its
+gradients stay in the 1 MB L2 cache; only what the backward needs is stored. The products are
+OpenBLAS's ``cblas_?gemm`` called from the kernel (``blas_numba``); the elementwise work per chunk is
+the batched passes' own (``decay`` and ``rows``). The same products on operands in cache ran at
+183 GFLOP/s against 131 from memory here (fp32, one thread, the forward's three).
+
+It applies on CPU, in fp32 and fp64, where ``cpu_blas`` routes products to OpenBLAS (one torch
+thread, OpenBLAS loaded and chosen) and numba is on; elsewhere ``chunkwise_fn`` runs its batched
+form. Both agree to rounding (tests/ops/test_mlstm_chunk_loop.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from xlram.ops import cpu_blas
+from xlram.ops.blas_numba import gemm_address
+from xlram.ops.mlstm import decay, rows
+from xlram.ops.numba_kernels import LazyKernels
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether the compiled loop runs for tensors like x (see the module docstring)."""
+    return (x.device.type == "cpu" and x.dtype in _DTYPES and not torch.compiler.is_compiling()
+            and cpu_blas.route() == "openblas" and _KERNELS.get() is not None and gemm_address(x.dtype) != 0)
+
+
+def _np(*xs):
+    return tuple(x.numpy() for x in xs)
+
+
+def forward(qs, k, v, logf, i, C0, n0, ends: decay.Ends, L: int, eps: float, keep: bool, scale: float):
+    """``chunkwise_forward`` from its chunk ends on: qs, k (B, H, S, dk), v (B, H, S, dv); logf, i
+    (B, H, NC, L); contiguous. Returns h, C_end, n_end, m_end and with ``keep`` the dict the backward
+    needs."""
+    B, H, S, dk = qs.shape
+    dv, NC = v.shape[-1], S // L
+    N, NCk = B * H, (NC if keep else 1)  # without keep, one chunk's worth of every per-chunk buffer
+    opts = {"dtype": qs.dtype}
+    h = torch.empty(B, H, S, dv, **opts)
+    C_end, n_end = torch.empty(B, H, dk, dv, **opts), torch.empty(B, H, dk, **opts)
+    Cst, nst = torch.empty(B, H, NCk, dk, dv, **opts), torch.empty(B, H, NCk, dk, **opts)
+    P, W = torch.empty(B, H, NCk, L, L, **opts), torch.empty(B, H, NCk, L, L, **opts)
+    mrow, wstate, w0, qn, den = (torch.empty(B, H, NCk, L, **opts) for _ in range(5))
+    jD = torch.empty(B, H, NCk, L, dtype=torch.int64)
+    rows_ = lambda x: x.contiguous().view(N, NC, L, x.shape[-1])  # noqa: E731
+    flat = lambda x: x.contiguous().view(N, *x.shape[2:])  # noqa: E731
+    _KERNELS.get().forward(
+        gemm_address(qs.dtype), *_np(rows_(qs), rows_(k), rows_(v), flat(logf), flat(i), flat(ends.b),
+                                     flat(ends.ms), flat(ends.e), flat(ends.wo), flat(C0), flat(n0)),
+        float(scale), float(eps), keep,
+        *_np(flat(Cst), flat(nst), flat(P), flat(W), flat(mrow), flat(jD), flat(wstate), flat(w0), flat(qn),
+             flat(den), rows_(h), flat(C_end), flat(n_end)))
+    m_end = ends.ms[..., -1].clone()
+    if not keep:
+        return h, C_end, n_end, m_end, None
+    saved = {
+        "qs": qs, "k": k, "v": v, "Cst": Cst, "nst": nst, "wo": ends.wo, "e": ends.e,
+        "ja": ends.ja, "wold": ends.wold, "jD": jD, "wstate": wstate,
+        "mrow": mrow, "w0": w0, "W": W, "P": P, "qn": qn, "den": den, "h": h,
+    }  # W, w0 and P include the scale of q
+    return h, C_end, n_end, m_end, saved
+
+
+def backward(sv: dict, L: int, dh, dC_end, dn_end):
+    """The chunk-by-chunk part of ``chunkwise_backward``: returns dq, dk, dv (B, H, S, d), di, db, da
+    (B, H, NC, L), dm_loc, s0 (B, H, NC), dC0, dn0 (see there for what each is)."""
+    qs, k, v = sv["qs"], sv["k"], sv["v"]
+    B, H, S, dk = qs.shape
+    dv, NC, N = v.shape[-1], S // L, B * H
+    opts = {"dtype": qs.dtype}
+    dq, dk_, dv_ = torch.empty_like(qs), torch.empty_like(k), torch.empty_like(v)
+    di, db, da = (torch.empty(B, H, NC, L, **opts) for _ in range(3))
+    dm_loc, s0 = torch.empty(B, H, NC, **opts), torch.empty(B, H, NC, **opts)
+    dC0, dn0 = torch.empty(B, H, dk, dv, **opts), torch.empty(B, H, dk, **opts)
+    rows_ = lambda x: x.reshape(B, H, S, x.shape[-1]).contiguous().view(N, NC, L, x.shape[-1])  # noqa: E731
+    flat = lambda x: x.contiguous().view(N, *x.shape[2:])  # noqa: E731
+    names = ("den", "qn", "mrow", "w0", "P", "W", "jD", "wstate", "e", "wo", "Cst", "nst")
+    saved = [sv[name] for name in names]
+    _KERNELS.get().backward(
+        gemm_address(qs.dtype), *_np(rows_(qs), rows_(k), rows_(v), rows_(dh.detach()), rows_(sv["h"])),
+        *_np(*(flat(x) for x in saved), flat(dC_end.detach()), flat(dn_end.detach())),
+        *_np(rows_(dq), rows_(dk_), rows_(dv_)),
+        *_np(flat(di), flat(db), flat(dm_loc), flat(s0), flat(da), flat(dC0), flat(dn0)))
+    return dq, dk_, dv_, di, db, da, dm_loc, s0, dC0, dn0
+
+
+def _build():
+    import numpy as np
+
+    from xlram.ops.blas_numba import gemm
+    from xlram.ops.numba_math import dot, jit
+
+    dec, rw = decay._KERNELS.get(), rows._KERNELS.get()
+    if dec is None or rw is None:
+        return None
+    weights_chunk, backward_chunk = dec.weights_chunk, dec.backward_chunk
+    keys_chunk, outputs_chunk = rw.keys_chunk, rw.outputs_chunk
+    grad_outputs_chunk, grad_queries_chunk, grad_keys_chunk = (
+        rw.grad_outputs_chunk, rw.grad_queries_chunk, rw.grad_keys_chunk)
+
+    @jit
+    def forward(fn, q, k, v, logf, ig, b, ms, e, wo, C0, n0, scale, eps, keep,
+                Cst, nst, P, W, mrow, jD, wstate, w0, qn, den, h, C_end, n_end):  # pragma: no cover
+        """q, k (N, NC, L, dk); v, h (N, NC, L, dv); logf, ig, b, e (N, NC, L); ms (N, NC + 1); wo (N, NC);
+        C0, C_end (N, dk, dv); n0, n_end (N, dk). Per chunk, NCk = NC with ``keep`` (saved for the
+        backward), else 1 (scratch): Cst (N, NCk, dk, dv), nst (N, NCk, dk), P, W (N, NCk, L, L),
+        mrow, jD, wstate, w0, qn, den (N, NCk, L)."""
+        N, NC, L, dK = q.shape
+        dV = v.shape[3]
+        one, zero = q.dtype.type(1), q.dtype.type(0)
+        sc, ep = q.dtype.type(scale), q.dtype.type(eps)
+        acc, d, psum = np.empty(L, np.float64), np.empty(L, q.dtype), np.empty(L, q.dtype)
+        QC, ke = np.empty((L, dV), q.dtype), np.empty((L, dK), q.dtype)
+        kn, KV = np.empty(dK, q.dtype), np.empty((dK, dV), q.dtype)
+        for r in range(N):
+            C, n = Cst[r, 0], nst[r, 0]
+            C[:, :] = C0[r]
+            n[:] = n0[r]
+            for c in range(NC):
+                s = c if keep else 0
+                C, n = Cst[r, s], nst[r, s]
+                qc, kc, vc, hc, Pc = q[r, c], k[r, c], v[r, c], h[r, c], P[r, s]
+                gemm(fn, False, True, L, L, dK, one, qc, dK, kc, dK, zero, Pc, L)  # q kᵀ, then P in place
+                weights_chunk(Pc, logf[r, c], ig[r, c], b[r, c], ms[r, c], sc, W[r, s], psum, mrow[r, s],
+                              jD[r, s], wstate[r, s], w0[r, s], acc, d)
+                gemm(fn, False, False, L, dV, L, one, Pc, L, vc, dV, zero, hc, dV)  # P v
+                gemm(fn, False, False, L, dV, dK, one, qc, dK, C, dV, zero, QC, dV)  # q C_c
+                outputs_chunk(hc, QC, qc, n, w0[r, s], psum, mrow[r, s], ep, qn[r, s], den[r, s])
+                keys_chunk(kc, e[r, c], ke, kn)
+                gemm(fn, True, False, dK, dV, L, one, ke, dK, vc, dV, zero, KV, dV)  # (k e)ᵀ v
+                if c == NC - 1:
+                    C2, n2 = C_end[r], n_end[r]
+                elif keep:
+                    C2, n2 = Cst[r, c + 1], nst[r, c + 1]
+                else:
+                    C2, n2 = C, n
+                w = wo[r, c]
+                for a in range(dK):
+                    Ca, C2a, KVa = C[a], C2[a], KV[a]
+                    for j in range(dV):
+                        C2a[j] = w * Ca[j] + KVa[j]
+                    n2[a] = w * n[a] + kn[a]
+
+    @jit
+    def backward(fn, q, k, v, dh, h, den, qn, mrow, w0, P, W, jD, wstate, e, wo, Cst, nst, dC_end, dn_end,
+                 dq, dk, dv, di, db, dm_loc, s0, da, dC0, dn0):  # pragma: no cover - compiled
+        """q, k, dq, dk (N, NC, L, dk); v, dh, h, dv (N, NC, L, dv); den, qn, mrow, w0, jD, wstate, e,
+        di, db, da (N, NC, L); P, W (N, NC, L, L); wo, dm_loc, s0 (N, NC); Cst (N, NC, dk, dv);
+        nst (N, NC, dk); dC_end, dC0 (N, dk, dv); dn_end, dn0 (N, dk)."""
+        N, NC, L, dK = q.shape
+        dV = v.shape[3]
+        one, zero = q.dtype.type(1), q.dtype.type(0)
+        dnum, dP = np.empty((L, dV), q.dtype), np.empty((L, L), q.dtype)
+        T1, ke = np.empty((L, dK), q.dtype), np.empty((L, dK), q.dtype)
+        dqn, dmrow, dlw0 = np.empty(L, q.dtype), np.empty(L, q.dtype), np.empty(L, q.dtype)
+        col, dd, rowtot = np.empty(L, q.dtype), np.empty(L, q.dtype), np.empty(L, q.dtype)
+        dC, dCl = np.empty((dK, dV), q.dtype), np.empty((dK, dV), q.dtype)
+        dn, dnl = np.empty(dK, q.dtype), np.empty(dK, q.dtype)
+        for r in range(N):
+            dC[:, :] = dC_end[r]  # dC_{c+1} and dn_{c+1} while chunk c runs
+            dn[:] = dn_end[r]
+            for c in range(NC - 1, -1, -1):
+                qc, kc, vc, C, nc = q[r, c], k[r, c], v[r, c], Cst[r, c], nst[r, c]
+                dqc, dkc, dvc, w0c = dq[r, c], dk[r, c], dv[r, c], w0[r, c]
+                grad_outputs_chunk(dh[r, c], h[r, c], den[r, c], qn[r, c], mrow[r, c], dnum, dqn, dmrow)
+                gemm(fn, False, True, L, L, dV, one, dnum, dV, vc, dV, zero, dP, L)  # dnum vᵀ
+                gemm(fn, True, False, L, dV, L, one, P[r, c], L, dnum, dV, zero, dvc, dV)  # Pᵀ dnum
+                gemm(fn, False, True, L, dK, dV, one, dnum, dV, C, dV, zero, dqc, dK)  # dnum C_cᵀ
+                grad_queries_chunk(dqc, dqn, nc, qc, w0c, dnum, dlw0)
+                dm_loc[r, c] = backward_chunk(dP, dqn, W[r, c], P[r, c], jD[r, c], wstate[r, c], dmrow, dlw0,
+                                              di[r, c], db[r, c], col, dd, rowtot)  # dP is dS now
+                for t in range(L):
+                    dqn[t] *= w0c[t]
+                gemm(fn, True, False, dK, dV, L, one, qc, dK, dnum, dV, zero, dCl, dV)  # qᵀ dnum: dC_c local
+                for a in range(dK):
+                    dnl[a] = zero
+                for t in range(L):
+                    g, qt = dqn[t], qc[t]
+                    for a in range(dK):
+                        dnl[a] += qt[a] * g
+                gemm(fn, False, False, L, dK, L, one, dP, L, kc, dK, one, dqc, dK)  # dq += dS k
+                gemm(fn, True, False, L, dK, L, one, dP, L, qc, dK, zero, dkc, dK)  # dSᵀ q
+                # the chunk's end state, C_{c+1} = wo C_c + sum_j e_j k_j v_jᵀ (likewise n)
+                gemm(fn, False, True, L, dK, dV, one, vc, dV, dC, dV, zero, T1, dK)  # v dC_{c+1}ᵀ
+                grad_keys_chunk(T1, dn, kc, e[r, c], dkc, da[r, c], ke)
+                gemm(fn, False, False, L, dV, dK, one, ke, dK, dC, dV, one, dvc, dV)  # dv += (k e) dC_{c+1}
+                w = wo[r, c]
+                s0[r, c] = (dot(dC.reshape(dK * dV), C.reshape(dK * dV)) + dot(dn, nc)) * w
+                for a in range(dK):
+                    dCa, dCla = dC[a], dCl[a]
+                    for j in range(dV):
+                        dCa[j] = w * dCa[j] + dCla[j]
+                    dn[a] = w * dn[a] + dnl[a]
+            dC0[r] = dC
+            dn0[r] = dn
+
+    return _Kernels(forward, backward)
+
+
+class _Kernels(NamedTuple):
+    forward: object
+    backward: object
+
+
+_KERNELS = LazyKernels(_build)
