@@ -237,9 +237,9 @@ def _build():
             dmax = d[0]
             for j in range(1, t + 1):
                 dmax = max(dmax, d[j])
-            jmax = 0
-            while jmax < t and d[jmax] != dmax:  # the first argmax, as torch's max
-                jmax += 1
+            jmax = t  # the first argmax, as torch's max (an integer min: it vectorises)
+            for j in range(t + 1):
+                jmax = min(jmax, j if d[j] == dmax else t)
             lw0 = bc[t] + m_start
             mr = max(dmax, lw0)
             St, Wt = S[t], W[t]
