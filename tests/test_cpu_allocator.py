@@ -60,3 +60,43 @@ def test_user_choices_are_left_alone():
 def test_bad_keep_bytes(bad):
     with pytest.raises(ValueError, match="keep_bytes"):
         tune_cpu_allocator(bad)
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read()
+    except OSError:
+        return "[never]"
+
+
+def test_empty_is_torch_empty():
+    import torch
+
+    from xlram.cpu_allocator import empty
+
+    for shape, dtype in (((3, 4), torch.float32), ((9 << 20,), torch.float64)):  # small, and 72 MB
+        t = empty(*shape, dtype=dtype)
+        assert t.shape == shape and t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu"
+        t.fill_(2.0)
+        assert float(t.sum()) == 2.0 * t.numel()
+
+
+@glibc
+@pytest.mark.skipif("[madvise]" not in _thp_mode(), reason="transparent huge pages on request only")
+def test_big_empty_faults_in_huge_pages():
+    import resource
+
+    import torch
+
+    from xlram.cpu_allocator import empty
+
+    def faults(make):
+        t = make(16 << 20, dtype=torch.float32)  # 64 MB: from mmap
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t.fill_(1.0)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    plain = faults(torch.empty)
+    assert plain > 10_000  # 16,384 pages of 4 KiB
+    assert faults(empty) < plain / 4

@@ -24,6 +24,8 @@ import ctypes
 import os
 import platform
 
+import torch
+
 # Switches the tuning off where it would otherwise run (the ``xlram`` command): XLRAM_MALLOC=0.
 ENV = "XLRAM_MALLOC"
 # glibc's own variables: a user who set any of them has chosen, and is left alone.
@@ -62,3 +64,41 @@ def tune_cpu_allocator(keep_bytes: int = 512 << 20) -> bool:
         (_M_MMAP_THRESHOLD, MMAP_BYTES), (_M_TRIM_THRESHOLD, keep_bytes), (_M_TOP_PAD, 64 << 20)))
     _DONE.append(ok)
     return ok
+
+
+_MADV_HUGEPAGE = 14  # linux/mman.h
+_HUGE_PAGE = 2 << 20
+_MADVISE: list = []
+
+
+def _madvise():
+    """libc's madvise where transparent huge pages can be asked for (Linux, THP not "never"), else None."""
+    if not _MADVISE:
+        fn = None
+        try:
+            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+                mode = f.read()
+            if "[never]" not in mode and os.environ.get(ENV, "1") != "0":
+                fn = ctypes.CDLL("libc.so.6", use_errno=True).madvise
+                fn.argtypes, fn.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _MADVISE.append(fn)
+    return _MADVISE[0]
+
+
+def empty(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty`` on CPU. A tensor of ``MMAP_BYTES`` or more is new memory from mmap, faulted in
+    4 KiB at a time on its first write; it is first marked for transparent huge pages (madvise), so
+    that where the kernel has them it faults in 2 MiB at a time. The chunkwise mLSTM's outputs and
+    saved tensors at S = 16,384 (fwd+bwd, B = 1, H = 4, d = 128, one thread): 49 thousand faults and
+    56-96 ms of system time per call -> 9.8 thousand and 16-28 ms; 213-249 -> 177-200 ms in all."""
+    t = torch.empty(*shape, dtype=dtype)
+    nbytes = t.numel() * t.element_size()
+    madvise = _madvise() if nbytes >= MMAP_BYTES else None
+    if madvise is not None:
+        start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        end = (t.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if end > start:
+            madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
+    return t

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from xlram.cpu_allocator import empty
 from xlram.ops import cpu_blas
 from xlram.ops.blas_numba import gemm_address
 from xlram.ops.mlstm import decay, rows
@@ -47,10 +48,10 @@ def forward(qs, k, v, logf, i, C0, n0, ends: decay.Ends, L: int, eps: float, kee
     dv, NC = v.shape[-1], S // L
     N, NCk = B * H, (NC if keep else 1)  # without keep, one chunk's worth of every per-chunk buffer
     opts = {"dtype": qs.dtype}
-    h = torch.empty(B, H, S, dv, **opts)
+    h = empty(B, H, S, dv, **opts)
     C_end, n_end = torch.empty(B, H, dk, dv, **opts), torch.empty(B, H, dk, **opts)
-    Cst, nst = torch.empty(B, H, NCk, dk, dv, **opts), torch.empty(B, H, NCk, dk, **opts)
-    P, W = torch.empty(B, H, NCk, L, L, **opts), torch.empty(B, H, NCk, L, L, **opts)
+    Cst, nst = empty(B, H, NCk, dk, dv, **opts), torch.empty(B, H, NCk, dk, **opts)
+    P, W = empty(B, H, NCk, L, L, **opts), empty(B, H, NCk, L, L, **opts)
     mrow, wstate, w0, qn, den = (torch.empty(B, H, NCk, L, **opts) for _ in range(5))
     jD = torch.empty(B, H, NCk, L, dtype=torch.int64)
     rows_ = lambda x: x.contiguous().view(N, NC, L, x.shape[-1])  # noqa: E731
@@ -79,7 +80,7 @@ def backward(sv: dict, L: int, dh, dC_end, dn_end):
     B, H, S, dk = qs.shape
     dv, NC, N = v.shape[-1], S // L, B * H
     opts = {"dtype": qs.dtype}
-    dq, dk_, dv_ = torch.empty_like(qs), torch.empty_like(k), torch.empty_like(v)
+    dq, dk_, dv_ = (empty(*x.shape, dtype=x.dtype) for x in (qs, k, v))
     di, db, da = (torch.empty(B, H, NC, L, **opts) for _ in range(3))
     dm_loc, s0 = torch.empty(B, H, NC, **opts), torch.empty(B, H, NC, **opts)
     dC0, dn0 = torch.empty(B, H, dk, dv, **opts), torch.empty(B, H, dk, **opts)
