@@ -73,34 +73,33 @@ def forward(qs, k, v, logf, i, C0, n0, ends: decay.Ends, L: int, eps: float, kee
     return h, C_end, n_end, m_end, saved
 
 
-def backward(sv: dict, L: int, dh, dC_end, dn_end):
-    """The chunk-by-chunk part of ``chunkwise_backward``: returns dq, dk, dv (B, H, S, d), di, db, da
-    (B, H, NC, L), dm_loc, s0 (B, H, NC), dC0, dn0 (see there for what each is)."""
+def backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
+    """``chunkwise_backward`` for the loop's saved dict: the gradients of (qs, k, v, logf, i, C0, n0, m0)."""
     qs, k, v = sv["qs"], sv["k"], sv["v"]
     B, H, S, dk = qs.shape
     dv, NC, N = v.shape[-1], S // L, B * H
     opts = {"dtype": qs.dtype}
     dq, dk_, dv_ = (empty(*x.shape, dtype=x.dtype) for x in (qs, k, v))
-    di, db, da = (torch.empty(B, H, NC, L, **opts) for _ in range(3))
-    dm_loc, s0 = torch.empty(B, H, NC, **opts), torch.empty(B, H, NC, **opts)
+    di, dlogf = torch.empty(B, H, S, **opts), torch.empty(B, H, S, **opts)
     dC0, dn0 = torch.empty(B, H, dk, dv, **opts), torch.empty(B, H, dk, **opts)
+    dm0 = torch.empty(B, H, **opts)
     rows_ = lambda x: x.reshape(B, H, S, x.shape[-1]).contiguous().view(N, NC, L, x.shape[-1])  # noqa: E731
-    flat = lambda x: x.contiguous().view(N, *x.shape[2:])  # noqa: E731
-    names = ("den", "qn", "mrow", "w0", "P", "W", "jD", "wstate", "e", "wo", "Cst", "nst")
-    saved = [sv[name] for name in names]
+    flat = lambda x: x.detach().contiguous().view(N, *x.shape[2:])  # noqa: E731
+    names = ("den", "qn", "mrow", "w0", "P", "W", "jD", "wstate", "e", "wo", "Cst", "nst", "wold", "ja")
     _KERNELS.get().backward(
         gemm_address(qs.dtype), *_np(rows_(qs), rows_(k), rows_(v), rows_(dh.detach()), rows_(sv["h"])),
-        *_np(*(flat(x) for x in saved), flat(dC_end.detach()), flat(dn_end.detach())),
-        *_np(rows_(dq), rows_(dk_), rows_(dv_)),
-        *_np(flat(di), flat(db), flat(dm_loc), flat(s0), flat(da), flat(dC0), flat(dn0)))
-    return dq, dk_, dv_, di, db, da, dm_loc, s0, dC0, dn0
+        *_np(*(flat(sv[name]) for name in names), flat(dC_end), flat(dn_end)),
+        dm_end.detach().contiguous().view(N).numpy(),
+        *_np(rows_(dq), rows_(dk_), rows_(dv_), di.view(N, NC, L), dlogf.view(N, NC, L), flat(dC0), flat(dn0),
+             dm0.view(N)))
+    return dq, dk_, dv_, dlogf, di, dC0, dn0, dm0
 
 
 def _build():
     import numpy as np
 
     from xlram.ops.blas_numba import gemm
-    from xlram.ops.numba_math import dot, jit
+    from xlram.ops.numba_math import dot, jit, total
 
     dec, rw = decay._KERNELS.get(), rows._KERNELS.get()
     if dec is None or rw is None:
@@ -154,11 +153,11 @@ def _build():
                     n2[a] = w * n[a] + kn[a]
 
     @jit
-    def backward(fn, q, k, v, dh, h, den, qn, mrow, w0, P, W, jD, wstate, e, wo, Cst, nst, dC_end, dn_end,
-                 dq, dk, dv, di, db, dm_loc, s0, da, dC0, dn0):  # pragma: no cover - compiled
+    def backward(fn, q, k, v, dh, h, den, qn, mrow, w0, P, W, jD, wstate, e, wo, Cst, nst, wold, ja,
+                 dC_end, dn_end, dm_end, dq, dk, dv, di, dlogf, dC0, dn0, dm0):  # pragma: no cover - compiled
         """q, k, dq, dk (N, NC, L, dk); v, dh, h, dv (N, NC, L, dv); den, qn, mrow, w0, jD, wstate, e,
-        di, db, da (N, NC, L); P, W (N, NC, L, L); wo, dm_loc, s0 (N, NC); Cst (N, NC, dk, dv);
-        nst (N, NC, dk); dC_end, dC0 (N, dk, dv); dn_end, dn0 (N, dk)."""
+        di, dlogf (N, NC, L); P, W (N, NC, L, L); wo, wold, ja (N, NC); Cst (N, NC, dk, dv);
+        nst (N, NC, dk); dC_end, dC0 (N, dk, dv); dn_end, dn0 (N, dk); dm_end, dm0 (N,)."""
         N, NC, L, dK = q.shape
         dV = v.shape[3]
         one, zero = q.dtype.type(1), q.dtype.type(0)
@@ -168,6 +167,8 @@ def _build():
         col, dd, rowtot = np.empty(L, q.dtype), np.empty(L, q.dtype), np.empty(L, q.dtype)
         dC, dCl = np.empty((dK, dV), q.dtype), np.empty((dK, dV), q.dtype)
         dn, dnl = np.empty(dK, q.dtype), np.empty(dK, q.dtype)
+        db, da = np.empty((NC, L), q.dtype), np.empty((NC, L), q.dtype)
+        dm_loc, s0, s1 = np.empty(NC, q.dtype), np.empty(NC, q.dtype), np.empty(NC, q.dtype)
         for r in range(N):
             dC[:, :] = dC_end[r]  # dC_{c+1} and dn_{c+1} while chunk c runs
             dn[:] = dn_end[r]
@@ -179,8 +180,8 @@ def _build():
                 gemm(fn, True, False, L, dV, L, one, P[r, c], L, dnum, dV, zero, dvc, dV)  # Pᵀ dnum
                 gemm(fn, False, True, L, dK, dV, one, dnum, dV, C, dV, zero, dqc, dK)  # dnum C_cᵀ
                 grad_queries_chunk(dqc, dqn, nc, qc, w0c, dnum, dlw0)
-                dm_loc[r, c] = backward_chunk(dP, dqn, W[r, c], P[r, c], jD[r, c], wstate[r, c], dmrow, dlw0,
-                                              di[r, c], db[r, c], col, dd, rowtot)  # dP is dS now
+                dm_loc[c] = backward_chunk(dP, dqn, W[r, c], P[r, c], jD[r, c], wstate[r, c], dmrow, dlw0,
+                                           di[r, c], db[c], col, dd, rowtot)  # dP is dS now
                 for t in range(L):
                     dqn[t] *= w0c[t]
                 gemm(fn, True, False, dK, dV, L, one, qc, dK, dnum, dV, zero, dCl, dV)  # qᵀ dnum: dC_c local
@@ -194,10 +195,10 @@ def _build():
                 gemm(fn, True, False, L, dK, L, one, dP, L, qc, dK, zero, dkc, dK)  # dSᵀ q
                 # the chunk's end state, C_{c+1} = wo C_c + sum_j e_j k_j v_jᵀ (likewise n)
                 gemm(fn, False, True, L, dK, dV, one, vc, dV, dC, dV, zero, T1, dK)  # v dC_{c+1}ᵀ
-                grad_keys_chunk(T1, dn, kc, e[r, c], dkc, da[r, c], ke)
+                grad_keys_chunk(T1, dn, kc, e[r, c], dkc, da[c], ke)
                 gemm(fn, False, False, L, dV, dK, one, ke, dK, dC, dV, one, dvc, dV)  # dv += (k e) dC_{c+1}
                 w = wo[r, c]
-                s0[r, c] = (dot(dC.reshape(dK * dV), C.reshape(dK * dV)) + dot(dn, nc)) * w
+                s0[c] = (dot(dC.reshape(dK * dV), C.reshape(dK * dV)) + dot(dn, nc)) * w
                 for a in range(dK):
                     dCa, dCla = dC[a], dCl[a]
                     for j in range(dV):
@@ -205,6 +206,28 @@ def _build():
                     dn[a] = w * dn[a] + dnl[a]
             dC0[r] = dC
             dn0[r] = dn
+            # The stabilisers back through the chunks (as ``chunkwise_backward``'s batched tail): T_c, the
+            # gradient reaching m_c, is dm_loc_c + s0_c + wold_c (T_{c+1} - s1_c).
+            for c in range(NC):
+                s1[c] = s0[c] + total(da[c])
+            T = dm_end[r]  # T_{c+1} while chunk c runs
+            for c in range(NC - 1, -1, -1):
+                wc = wold[r, c]
+                dmp = T - s1[c]  # gradient reaching the max that made m_{c+1}
+                T = wc * T + (dm_loc[c] + s0[c] - wc * s1[c])
+                dac = da[c]
+                dac[ja[r, c]] += (one - wc) * dmp
+                dg = wc * dmp + s0[c] + total(dac)
+                dic, dbc, dlc = di[r, c], db[c], dlogf[r, c]
+                for t in range(L):  # a_j = g - b_j + i_j, g = b_{L-1}, b = cumsum(logf)
+                    dic[t] += dac[t]
+                    dbc[t] -= dac[t]
+                dbc[L - 1] += dg
+                run = zero
+                for t in range(L - 1, -1, -1):
+                    run += dbc[t]
+                    dlc[t] = run
+            dm0[r] = T
 
     return _Kernels(forward, backward)
 

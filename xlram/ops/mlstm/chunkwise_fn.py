@@ -155,9 +155,8 @@ def chunkwise_backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     B, H, S, dk = qs.shape
     dv = v.shape[-1]
     if chunk_loop_cpu.applies(qs):
-        dq, dk_, dv_, di, db, da, dm_loc, s0, dC0, dn0 = chunk_loop_cpu.backward(sv, L, dh, dC_end, dn_end)
-    else:
-        dq, dk_, dv_, di, db, da, dm_loc, s0, dC0, dn0 = _backward_batched(sv, L, dh, dC_end, dn_end)
+        return chunk_loop_cpu.backward(sv, L, dh, dC_end, dn_end, dm_end)
+    dq, dk_, dv_, di, db, da, dm_loc, s0, dC0, dn0 = _backward_batched(sv, L, dh, dC_end, dn_end)
     # <dC_{c+1}, C_{c+1}> + <dn_{c+1}, n_{c+1}> = s0 + sum_j e_j (k_j·(dC v_j + dn)) = s0 + sum_j da_j
     s1 = s0 + da.sum(-1)
     # Stabilisers back through the chunks: T_c, the gradient reaching m_c, is
