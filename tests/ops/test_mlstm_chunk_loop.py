@@ -16,7 +16,7 @@ def _applies():
 
 
 pytestmark = pytest.mark.skipif(
-    cpu_blas.route() != "openblas", reason="the compiled loop runs where products go to OpenBLAS")
+    cpu_blas.chosen() != "openblas", reason="the compiled loop runs where OpenBLAS was chosen")
 
 
 def _inputs(B, H, S, dk, dv, dtype, seed=0):
@@ -69,7 +69,9 @@ def test_long_sequence_without_gradients_runs_whole(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_not_where_products_stay_in_torch(monkeypatch):
+def test_where_it_runs(monkeypatch):
     assert not chunk_loop_cpu.applies(torch.zeros(1, dtype=torch.bfloat16))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # cpu_blas routes to torch on two threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # products stay in torch, the loop runs
+    assert cpu_blas.route() == "torch" and _applies()
+    monkeypatch.setitem(cpu_blas._load(), "route", "torch")  # where the race chose torch's BLAS
     assert not _applies()

@@ -191,6 +191,13 @@ def available() -> bool:
     return _load()["lib"] is not None
 
 
+def chosen() -> str:
+    """The library the race or ``XLRAM_CPU_BLAS`` chose for this process, whatever torch's thread
+    count: "openblas" (loaded and chosen) or "torch"."""
+    st = _load()
+    return "openblas" if st["lib"] is not None and st["route"] == "openblas" else "torch"
+
+
 def route() -> str:
     """The library products go to by default now: "openblas" where it was chosen and torch runs on
     one thread, else "torch"."""
