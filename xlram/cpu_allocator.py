@@ -88,11 +88,12 @@ def _madvise():
 
 
 def empty(*shape: int, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty`` on CPU. A tensor of ``MMAP_BYTES`` or more is new memory from mmap, faulted in
-    4 KiB at a time on its first write; it is first marked for transparent huge pages (madvise), so
-    that where the kernel has them it faults in 2 MiB at a time. The chunkwise mLSTM's outputs and
-    saved tensors at S = 16,384 (fwd+bwd, B = 1, H = 4, d = 128, one thread): 49 thousand faults and
-    56-96 ms of system time per call -> 9.8 thousand and 16-28 ms; 213-249 -> 177-200 ms in all."""
+    """``torch.empty`` on CPU. A tensor of ``MMAP_BYTES`` or more is, unless glibc's heap has that much
+    free, new memory from mmap, faulted in 4 KiB at a time on its first write; it is first marked for
+    transparent huge pages (madvise), so that where the kernel has them it faults in 2 MiB at a time.
+    The chunkwise mLSTM's outputs and saved tensors at S = 16,384 (fwd+bwd, B = 1, H = 4, d = 128,
+    one thread): 49 thousand faults and 56-96 ms of system time per call -> 9.8 thousand and 16-28
+    ms; 213-249 -> 177-200 ms in all."""
     t = torch.empty(*shape, dtype=dtype)
     nbytes = t.numel() * t.element_size()
     madvise = _madvise() if nbytes >= MMAP_BYTES else None

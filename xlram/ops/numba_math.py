@@ -152,29 +152,28 @@ def silu_f32(x):  # pragma: no cover - compiled
     return x * ((_F32(1.0) if x >= _F32(0.0) else e) / (_F32(1.0) + e))
 
 
-def exp_neg_like(x):
-    """e^x for x <= 0 in x's own precision inside numba code: ``exp_neg_f32`` for fp32 (in fp32), else
-    ``exp_neg``."""
-    raise NotImplementedError("exp_neg_like is for numba-compiled code")
+def _by_precision(name: str, doc: str, f32, other):
+    """A function for numba code that calls ``f32`` on an fp32 argument and ``other`` otherwise."""
+
+    def stub(x):
+        raise NotImplementedError(f"{name} is for numba-compiled code")
+
+    stub.__name__ = stub.__qualname__ = name
+    stub.__doc__ = doc
+
+    @overload(stub)
+    def _impl(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        return lambda x: other(x)
+
+    return stub
 
 
-@overload(exp_neg_like)
-def _exp_neg_like(x):
-    if x == types.float32:
-        return lambda x: exp_neg_f32(x)
-    return lambda x: exp_neg(x)
-
-
-def silu_like(x):
-    """SiLU in x's own precision inside numba code: ``silu_f32`` for fp32, ``silu`` otherwise."""
-    raise NotImplementedError("silu_like is for numba-compiled code")
-
-
-@overload(silu_like)
-def _silu_like(x):
-    if x == types.float32:
-        return lambda x: silu_f32(x)
-    return lambda x: silu(x)
+exp_neg_like = _by_precision("exp_neg_like", "e^x for x <= 0 in x's own precision: ``exp_neg_f32`` for "
+                             "fp32 (in fp32), else ``exp_neg``.", exp_neg_f32, exp_neg)
+silu_like = _by_precision("silu_like", "SiLU in x's own precision: ``silu_f32`` for fp32, else ``silu``.",
+                          silu_f32, silu)
 
 
 # reassoc: the partial sums may be reordered (vectorised), as in a BLAS dot. Not inline="always":

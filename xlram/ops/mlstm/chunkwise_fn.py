@@ -7,7 +7,9 @@ things are sequential, in both directions: the stabiliser ``m`` and the memory `
 chunk to the next (scans over chunks; on CPU those of the memories, and the stabiliser's backward, one
 compiled pass each: ``scan_cpu``). The work on the (L, L) decay matrices and the stabilisers, both
 ways, is ``decay``: one compiled pass per chunk on CPU, which never stores the log decays; the
-row-wise work between the matmuls (row scales, normaliser, row dot products) is ``rows``.
+row-wise work between the matmuls (row scales, normaliser, row dot products) is ``rows``. On CPU
+where ``cpu_blas`` chose OpenBLAS, both directions run instead as one compiled loop over chunks
+(``chunk_loop_cpu``), the same steps chunk by chunk, with the same results.
 
 Notation (per batch and head; chunk c of L steps starts from the state (C_c, n_c, m_c)):
 
