@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from xlram.ops.mlstm import MLSTMState, fused_cpu, mlstm, mlstm_reference, mlstm_step
+from xlram.ops.mlstm import MLSTMState, chunk_loop_cpu, fused_cpu, mlstm, mlstm_reference, mlstm_step
 from xlram.ops.mlstm.chunkwise_fn import ChunkwiseFunction
 from xlram.ops.mlstm.dispatch import choose_chunk
 from xlram.ops.mlstm.recurrent import _OPAQUE_BYTES, _torch_memory_update_, mlstm_step_
@@ -175,9 +175,19 @@ def test_inplace_step_compiled_large_and_small_memories():
         assert all(_rel(a, b) <= 1e-5 for a, b in zip(s_comp, s_eager, strict=True))
 
 
-def test_choose_chunk():
+def test_choose_chunk(monkeypatch):
     assert choose_chunk(4096, 128, 128) == 64
     assert choose_chunk(4096, 256, 512) == 128
+    assert choose_chunk(40, 128, 128) == 40
+    q = torch.zeros(1, 1, 8, 128)
+    monkeypatch.setattr(chunk_loop_cpu, "applies", lambda x: True)  # where the compiled loop runs
+    assert choose_chunk(4096, 128, 128, like=q) == 32  # no gradients
+    assert choose_chunk(4096, 128, 128, like=q.requires_grad_()) == 64
+    assert choose_chunk(4096, 256, 256, like=q) == 64
+    with torch.no_grad():
+        assert choose_chunk(4096, 128, 128, like=q) == 32
+    monkeypatch.setattr(chunk_loop_cpu, "applies", lambda x: False)
+    assert choose_chunk(4096, 128, 128, like=q.detach()) == 64
     assert choose_chunk(37, 128, 128) == 37
     assert choose_chunk(1, 8, 8) == 1
 

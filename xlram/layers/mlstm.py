@@ -240,7 +240,7 @@ class MLSTMLayer(nn.Module):
         else:
             q, k, v, gates = qkv
             i, f = gates.split(NH, dim=-1)
-        chunk_size = self.chunk_size or choose_chunk(S, DH, DH)
+        chunk_size = self.chunk_size or choose_chunk(S, DH, DH, like=q)
         h, cell = mlstm(
             q, k, v, i.transpose(1, 2), f.transpose(1, 2), state.cell,
             form=self.form, chunk_size=chunk_size, eps=self.eps,

@@ -113,7 +113,7 @@ class MLSTMLargeLayer(nn.Module):
         NH = self.num_heads
         q, k, v, o, i, f = self._project(x)
         heads = lambda t: t.view(B, S, NH, -1).transpose(1, 2)  # (B, NH, S, d)
-        chunk_size = self.chunk_size or choose_chunk(S, self.qk_head_dim, self.v_head_dim)
+        chunk_size = self.chunk_size or choose_chunk(S, self.qk_head_dim, self.v_head_dim, like=q)
         h, state = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
             form=self.form, chunk_size=chunk_size, eps=self.eps,

@@ -3,8 +3,9 @@
 A numba kernel that loops over chunks and multiplies small matrices in between its elementwise work
 keeps every intermediate in cache, where a batched product per step of the algorithm sends each one
 through memory. numba cannot call a ctypes function from cached code (the address differs from one
-process to the next), so the kernel takes the address as an argument: ``gemm_address(dtype)`` gives
-it (the library ``cpu_blas`` loaded, with the kernel set it chose), and ``gemm(fn, ...)`` calls it.
+process to the next), so the kernel takes the address as an argument: ``cpu_blas.gemm_address(dtype)``
+gives it (the library ``cpu_blas`` loaded, with the kernel set it chose), and ``gemm(fn, ...)`` calls
+it. Import this module only where numba is importable (inside a kernel's build).
 
     gemm(fn, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
 
@@ -16,28 +17,12 @@ code.
 
 from __future__ import annotations
 
-import ctypes
-
-import torch
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from xlram.ops import cpu_blas
-
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-
-
-def gemm_address(dtype: torch.dtype) -> int:
-    """The address of OpenBLAS's ``cblas_sgemm`` (fp32) or ``cblas_dgemm`` (fp64), or 0 where
-    ``cpu_blas`` has no library loaded."""
-    st = cpu_blas._load()
-    lib = st["lib"]
-    name = {torch.float32: "scipy_cblas_sgemm", torch.float64: "scipy_cblas_dgemm"}.get(dtype)
-    if lib is None or name is None:
-        return 0
-    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
 
 
 @intrinsic

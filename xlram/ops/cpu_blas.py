@@ -191,6 +191,16 @@ def available() -> bool:
     return _load()["lib"] is not None
 
 
+def gemm_address(dtype: torch.dtype) -> int:
+    """The address of the loaded OpenBLAS's ``cblas_sgemm`` (fp32) or ``cblas_dgemm`` (fp64), for
+    kernels that call it themselves (``blas_numba``); 0 where there is no library or other dtypes."""
+    lib = _load()["lib"]
+    name = {torch.float32: "scipy_cblas_sgemm", torch.float64: "scipy_cblas_dgemm"}.get(dtype)
+    if lib is None or name is None:
+        return 0
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+
+
 def chosen() -> str:
     """The library the race or ``XLRAM_CPU_BLAS`` chose for this process, whatever torch's thread
     count: "openblas" (loaded and chosen) or "torch"."""

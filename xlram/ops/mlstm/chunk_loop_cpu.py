@@ -26,7 +26,7 @@ import torch
 
 from xlram.cpu_allocator import empty
 from xlram.ops import cpu_blas
-from xlram.ops.blas_numba import gemm_address
+from xlram.ops.cpu_blas import gemm_address
 from xlram.ops.mlstm import decay, rows
 from xlram.ops.numba_kernels import LazyKernels
 

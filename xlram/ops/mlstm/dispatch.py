@@ -16,6 +16,10 @@ length figures above predate the chunkwise form's own backward, which cut its fw
 ``choose_chunk`` holds the current measurements. Layers pass its choice as ``chunk_size``.)
 """
 
+import torch
+
+from xlram.ops.mlstm import chunk_loop_cpu
+
 PARALLEL_MAX_S = 128
 CHUNK_SIZE = 64
 
@@ -29,14 +33,27 @@ def choose_form(S: int) -> tuple[str, int | None]:
     return "chunkwise", CHUNK_SIZE
 
 
-def choose_chunk(S: int, dk: int, dv: int) -> int:
-    """The chunk length for a chunkwise pass over S steps with head sizes dk, dv.
+def choose_chunk(S: int, dk: int, dv: int, like: torch.Tensor | None = None) -> int:
+    """The chunk length for a chunkwise pass over S steps with head sizes dk, dv; ``like``: the queries
+    (their device, dtype and whether they need gradients), where known.
 
-    Per step the chunkwise form costs about 12·d·(L + d) FLOPs forward and backward (d the head
-    size), plus per-chunk overheads (the scans, the (L, L) decay matrices) that favour longer chunks:
-    fp32 on one core, fwd+bwd, B=1, H=4 (CPU ms): d=128, S=1024: L=32 38.7, L=64 30.3, L=128 34.4;
-    S=4096: 150, 108, 126. So 64 for heads up to 192 wide, 128 above (where the d² term dominates
-    and bigger matmuls pay), and one chunk when the sequence is not longer than that.
+    The batched form (GPU, or CPU where products stay in torch) pays per-chunk overheads (the scans,
+    the (L, L) decay matrices) that favour longer chunks: fp32 on one core, fwd+bwd, B=1, H=4 (CPU
+    ms): d=128, S=1024: L=32 38.7, L=64 30.3, L=128 34.4; S=4096: 150, 108, 126. So 64 for heads up to
+    192 wide, 128 above (where the d² term dominates and bigger matmuls pay).
+
+    The compiled CPU loop (``chunk_loop_cpu``) keeps each chunk in cache and calls its products one
+    chunk at a time. Measured there (same setting, second-best of 5; L = 32 / 64 / 128): d=64 fwd
+    S=1024 1.16 / 1.32 / 1.71, S=4096 4.70 / 5.05 / 6.51, fwd+bwd 3.21 / 3.31 / 4.65 and 16.1 / 16.0 /
+    20.7; d=128 fwd 2.78 / 3.06 / 3.66 and 11.5 / 13.1 / 15.8, fwd+bwd 9.55 / 9.89 / 11.7 and 39.2 /
+    38.0 / 44.8; d=256 fwd 10.6 / 9.67 / 10.2 and 40.9 / 37.1 / 38.5, fwd+bwd 33.0 / 29.6 / 30.5 and
+    130 / 112 / 116. So there: 32 without gradients up to d=128, else 64 up to d=256 (wider heads were
+    not measured: 128, as in the batched form). One chunk when the sequence is not longer than that.
     """
-    L = CHUNK_SIZE if max(dk, dv) <= 192 else 2 * CHUNK_SIZE
+    d = max(dk, dv)
+    if like is not None and chunk_loop_cpu.applies(like):
+        grad = torch.is_grad_enabled() and like.requires_grad
+        L = CHUNK_SIZE // 2 if not grad and d <= 128 else (CHUNK_SIZE if d <= 256 else 2 * CHUNK_SIZE)
+    else:
+        L = CHUNK_SIZE if d <= 192 else 2 * CHUNK_SIZE
     return max(1, min(L, S))
