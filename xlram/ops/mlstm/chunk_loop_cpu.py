@@ -2,13 +2,15 @@
 
 Notation of ``chunkwise_fn``, whose batched form (one batched matmul or pass per step of the
 algorithm, over all chunks at once) this computes step for step. Batched, each intermediate is a
-tensor of all chunks, 8-16 MB at S = 4,096 (B = 1, H = 4, d = 128): written to memory by one step and
-read back by the next, and OpenBLAS packs its operands from memory at memory speed. Here one chunk
-goes through every step before the next starts: its q kᵀ, weights, memory, outputs and, backward, its
-gradients stay in the 1 MB L2 cache; only what the backward needs is stored. The products are
-OpenBLAS's ``cblas_?gemm`` called from the kernel (``blas_numba``); the elementwise work per chunk is
-the batched passes' own (``decay`` and ``rows``). The same products on operands in cache ran at
-183 GFLOP/s against 131 from memory here (fp32, one thread, the forward's three).
+tensor of all chunks, 8-16 MB at S = 4,096 (B = 1, H = 4, d = 128), written to memory by one step
+and read back by the next; the forward's three products ran at 183 GFLOP/s on operands in cache
+against 131 from memory (fp32, one thread, timed alone). Here one chunk goes through every step
+before the next starts, so its q kᵀ, weights, memory, outputs and, backward, its gradients stay in
+cache; only what the backward needs is stored. The products are OpenBLAS's ``cblas_?gemm`` called
+from the kernel (``blas_numba``); the elementwise work per chunk is the batched passes' own (``decay``
+and ``rows``). fwd+bwd, one thread: the batched form with the same passes took 14.4 ms at S = 1,024
+and 55.7 at 4,096, the loop 11.0 and 42.1 (each the best of alternating rounds against session 8's
+code in one process, two runs a few minutes apart).
 
 It applies on CPU, in fp32 and fp64, where ``cpu_blas`` chose OpenBLAS (loaded, and faster than
 torch's BLAS in its race) and numba is on; elsewhere ``chunkwise_fn`` runs its batched form. Both
@@ -57,8 +59,8 @@ def forward(qs, k, v, logf, i, C0, n0, ends: decay.Ends, L: int, eps: float, kee
     P, W = empty(B, H, NCk, L, L, **opts), empty(B, H, NCk, L, L, **opts)
     mrow, wstate, w0, qn, den = (torch.empty(B, H, NCk, L, **opts) for _ in range(5))
     jD = torch.empty(B, H, NCk, L, dtype=torch.int64)
-    rows_ = lambda x: x.contiguous().view(N, NC, L, x.shape[-1])  # noqa: E731
-    flat = lambda x: x.contiguous().view(N, *x.shape[2:])  # noqa: E731
+    rows_ = lambda x: x.detach().contiguous().view(N, NC, L, x.shape[-1])  # noqa: E731
+    flat = lambda x: x.detach().contiguous().view(N, *x.shape[2:])  # noqa: E731
     _KERNELS.get().forward(
         gemm_address(qs.dtype), *_np(rows_(qs), rows_(k), rows_(v), flat(logf), flat(i), flat(ends.b),
                                      flat(ends.ms), flat(ends.e), flat(ends.wo), flat(C0), flat(n0)),
