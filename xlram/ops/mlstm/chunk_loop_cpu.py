@@ -41,38 +41,39 @@ def applies(x: torch.Tensor) -> bool:
             and cpu_blas.chosen() == "openblas" and _KERNELS.get() is not None and gemm_address(x.dtype) != 0)
 
 
-def _np(*xs):
-    return tuple(x.numpy() for x in xs)
+def _arrays(N: int, *xs):
+    """numpy views of contiguous copies of xs with their leading (B, H) dims as one of N."""
+    return tuple(x.detach().contiguous().numpy().reshape(N, *x.shape[2:]) for x in xs)
 
 
-def forward(qs, k, v, logf, i, C0, n0, ends: decay.Ends, L: int, eps: float, keep: bool, scale: float):
-    """``chunkwise_forward`` from its chunk ends on: qs, k (B, H, S, dk), v (B, H, S, dv); logf, i
-    (B, H, NC, L); contiguous. Returns h, C_end, n_end, m_end and with ``keep`` the dict the backward
-    needs."""
+def forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: bool, scale: float):
+    """``chunkwise_forward``: qs, k (B, H, S, dk), v (B, H, S, dv); logf, i (B, H, NC, L); C0, n0, m0 the
+    start state. Returns h, C_end, n_end, m_end and with ``keep`` the dict the backward needs."""
     B, H, S, dk = qs.shape
     dv, NC = v.shape[-1], S // L
     N, NCk = B * H, (NC if keep else 1)  # without keep, one chunk's worth of every per-chunk buffer
     opts = {"dtype": qs.dtype}
+    b, e = torch.empty(B, H, NC, L, **opts), torch.empty(B, H, NC, L, **opts)
+    ms = torch.empty(B, H, NC + 1, **opts)
+    wold, wo = torch.empty(B, H, NC, **opts), torch.empty(B, H, NC, **opts)
+    ja = torch.empty(B, H, NC, dtype=torch.int64)
     h = empty(B, H, S, dv, **opts)
     C_end, n_end = torch.empty(B, H, dk, dv, **opts), torch.empty(B, H, dk, **opts)
     Cst, nst = empty(B, H, NCk, dk, dv, **opts), torch.empty(B, H, NCk, dk, **opts)
     P, W = empty(B, H, NCk, L, L, **opts), empty(B, H, NCk, L, L, **opts)
     mrow, wstate, w0, qn, den = (torch.empty(B, H, NCk, L, **opts) for _ in range(5))
     jD = torch.empty(B, H, NCk, L, dtype=torch.int64)
-    rows_ = lambda x: x.detach().contiguous().view(N, NC, L, x.shape[-1])  # noqa: E731
-    flat = lambda x: x.detach().contiguous().view(N, *x.shape[2:])  # noqa: E731
+    by_chunk = lambda x: x.detach().contiguous().numpy().reshape(N, NC, L, x.shape[-1])  # noqa: E731
     _KERNELS.get().forward(
-        gemm_address(qs.dtype), *_np(rows_(qs), rows_(k), rows_(v), flat(logf), flat(i), flat(ends.b),
-                                     flat(ends.ms), flat(ends.e), flat(ends.wo), flat(C0), flat(n0)),
-        float(scale), float(eps), keep,
-        *_np(flat(Cst), flat(nst), flat(P), flat(W), flat(mrow), flat(jD), flat(wstate), flat(w0), flat(qn),
-             flat(den), rows_(h), flat(C_end), flat(n_end)))
-    m_end = ends.ms[..., -1].clone()
+        gemm_address(qs.dtype), by_chunk(qs), by_chunk(k), by_chunk(v), *_arrays(N, logf, i, m0, C0, n0),
+        float(scale), float(eps), keep, *_arrays(N, b, ms, ja, wold, wo, e),
+        *_arrays(N, Cst, nst, P, W, mrow, jD, wstate, w0, qn, den), by_chunk(h), *_arrays(N, C_end, n_end))
+    m_end = ms[..., -1].clone()
     if not keep:
         return h, C_end, n_end, m_end, None
     saved = {
-        "qs": qs, "k": k, "v": v, "Cst": Cst, "nst": nst, "wo": ends.wo, "e": ends.e,
-        "ja": ends.ja, "wold": ends.wold, "jD": jD, "wstate": wstate,
+        "qs": qs, "k": k, "v": v, "Cst": Cst, "nst": nst, "wo": wo, "e": e,
+        "ja": ja, "wold": wold, "jD": jD, "wstate": wstate,
         "mrow": mrow, "w0": w0, "W": W, "P": P, "qn": qn, "den": den, "h": h,
     }  # W, w0 and P include the scale of q
     return h, C_end, n_end, m_end, saved
@@ -88,15 +89,13 @@ def backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     di, dlogf = torch.empty(B, H, S, **opts), torch.empty(B, H, S, **opts)
     dC0, dn0 = torch.empty(B, H, dk, dv, **opts), torch.empty(B, H, dk, **opts)
     dm0 = torch.empty(B, H, **opts)
-    rows_ = lambda x: x.reshape(B, H, S, x.shape[-1]).contiguous().view(N, NC, L, x.shape[-1])  # noqa: E731
-    flat = lambda x: x.detach().contiguous().view(N, *x.shape[2:])  # noqa: E731
+    by_chunk = lambda x: x.detach().contiguous().numpy().reshape(N, NC, L, x.shape[-1])  # noqa: E731
     names = ("den", "qn", "mrow", "w0", "P", "W", "jD", "wstate", "e", "wo", "Cst", "nst", "wold", "ja")
     _KERNELS.get().backward(
-        gemm_address(qs.dtype), *_np(rows_(qs), rows_(k), rows_(v), rows_(dh.detach()), rows_(sv["h"])),
-        *_np(*(flat(sv[name]) for name in names), flat(dC_end), flat(dn_end)),
-        dm_end.detach().contiguous().view(N).numpy(),
-        *_np(rows_(dq), rows_(dk_), rows_(dv_), di.view(N, NC, L), dlogf.view(N, NC, L), flat(dC0), flat(dn0),
-             dm0.view(N)))
+        gemm_address(qs.dtype), by_chunk(qs), by_chunk(k), by_chunk(v), by_chunk(dh.reshape(B, H, S, dv)),
+        by_chunk(sv["h"]), *_arrays(N, *(sv[name] for name in names), dC_end, dn_end, dm_end),
+        by_chunk(dq), by_chunk(dk_), by_chunk(dv_),
+        *_arrays(N, di.view(B, H, NC, L), dlogf.view(B, H, NC, L), dC0, dn0, dm0))
     return dq, dk_, dv_, dlogf, di, dC0, dn0, dm0
 
 
@@ -109,18 +108,20 @@ def _build():
     dec, rw = decay._KERNELS.get(), rows._KERNELS.get()
     if dec is None or rw is None:
         return None
-    weights_chunk, backward_chunk = dec.weights_chunk, dec.backward_chunk
+    ends, weights_chunk, backward_chunk = dec.ends, dec.weights_chunk, dec.backward_chunk
     keys_chunk, outputs_chunk = rw.keys_chunk, rw.outputs_chunk
     grad_outputs_chunk, grad_queries_chunk, grad_keys_chunk = (
         rw.grad_outputs_chunk, rw.grad_queries_chunk, rw.grad_keys_chunk)
 
     @jit
-    def forward(fn, q, k, v, logf, ig, b, ms, e, wo, C0, n0, scale, eps, keep,
+    def forward(fn, q, k, v, logf, ig, m0, C0, n0, scale, eps, keep, b, ms, ja, wold, wo, e,
                 Cst, nst, P, W, mrow, jD, wstate, w0, qn, den, h, C_end, n_end):  # pragma: no cover
-        """q, k (N, NC, L, dk); v, h (N, NC, L, dv); logf, ig, b, e (N, NC, L); ms (N, NC + 1); wo (N, NC);
-        C0, C_end (N, dk, dv); n0, n_end (N, dk). Per chunk, NCk = NC with ``keep`` (saved for the
-        backward), else 1 (scratch): Cst (N, NCk, dk, dv), nst (N, NCk, dk), P, W (N, NCk, L, L),
-        mrow, jD, wstate, w0, qn, den (N, NCk, L)."""
+        """q, k (N, NC, L, dk); v, h (N, NC, L, dv); logf, ig (N, NC, L); m0 (N,); C0, C_end (N, dk, dv);
+        n0, n_end (N, dk). The chunk ends (``decay.chunk_ends``), written here: b, e (N, NC, L); ms
+        (N, NC + 1); ja, wold, wo (N, NC). Per chunk, NCk = NC with ``keep`` (saved for the backward),
+        else 1 (scratch): Cst (N, NCk, dk, dv), nst (N, NCk, dk), P, W (N, NCk, L, L), mrow, jD,
+        wstate, w0, qn, den (N, NCk, L)."""
+        ends(logf, ig, m0, b, ms, ja, wold, wo, e)
         N, NC, L, dK = q.shape
         dV = v.shape[3]
         one, zero = q.dtype.type(1), q.dtype.type(0)

@@ -74,9 +74,9 @@ def chunkwise_forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: b
     q_c, k_c, v_c = (x.view(B, H, NC, L, x.shape[-1]) for x in (qs, k, v))
     logf_c, i_c = logf.view(B, H, NC, L), i.view(B, H, NC, L)
     # Stabilisers at the chunk boundaries (a scan over chunks of (B, H) scalars) and chunk-end weights.
+    if chunk_loop_cpu.applies(qs):
+        return chunk_loop_cpu.forward(qs, k, v, logf_c, i_c, C0, n0, m0, L, eps, keep, scale)
     ends = chunk_ends(logf_c, i_c, m0)
-    if ends.D is None and chunk_loop_cpu.applies(qs):
-        return chunk_loop_cpu.forward(qs, k, v, logf_c, i_c, C0, n0, ends, L, eps, keep, scale)
     ms, wo, e = ends.ms, ends.wo, ends.e
 
     # Memories at the chunk starts: what each chunk adds in one batched matmul, then a scan.
