@@ -19,9 +19,10 @@ def test_a_model_without_prefill_says_what_it_misses():
         NoPrefill().generate([[1]], 2)
 
 
-def test_cpu_sampling_kernel_draws_what_the_torch_form_draws(monkeypatch):
-    """The numba inverse-CDF lookup (CPU, no top-k or nucleus) gives the torch form's tokens from the
-    same generator state, for one generator and for one generator per row."""
+@pytest.mark.parametrize("top_k", [None, 1, 40, 299, 300])
+def test_cpu_sampling_kernel_draws_what_the_torch_form_draws(monkeypatch, top_k):
+    """The numba inverse-CDF lookup (CPU, temperature and top-k, no nucleus) gives the torch form's
+    tokens from the same generator state, for one generator and for one generator per row."""
     pytest.importorskip("numba")
     import xlram.generation as gen
 
@@ -32,14 +33,17 @@ def test_cpu_sampling_kernel_draws_what_the_torch_form_draws(monkeypatch):
     def draw(temperature, per_row):
         gens = ([torch.Generator().manual_seed(i) for i in range(64)] if per_row
                 else torch.Generator().manual_seed(1))
-        return gen.sample_tokens(logits, rows, temperature, None, None, gens)
+        return gen.sample_tokens(logits, rows, temperature, top_k, None, gens)
 
     assert gen._SAMPLING.get() is not None
     fast = {(t, p): draw(t, p) for t in (0.5, 1.0, 2.0) for p in (False, True)}
     monkeypatch.setattr(gen._SAMPLING, "get", lambda: None)
+    allowed = logits.topk(top_k or 300, dim=-1).indices if top_k and top_k < 300 else None
     for key, tokens in fast.items():
         torch.testing.assert_close(tokens[rows], draw(*key)[rows], rtol=0, atol=0)
         assert not (tokens[rows] == 7).any()
+        if allowed is not None:  # only the k most likely tokens are drawn
+            assert all(int(t) in allowed[r].tolist() for r, t in zip(rows, tokens[rows], strict=True))
 
 
 @pytest.mark.parametrize("stops", [(), "found"])

@@ -142,18 +142,19 @@ def sample_tokens(logits: torch.Tensor, rows: list[int], temperature: float, top
     temperature, cut to the ``top_k`` most likely tokens and to the nucleus of mass ``top_p`` (the most
     likely token always stays), and each row draws one uniform number for an inverse-CDF lookup. With
     one generator per row a row's draw therefore depends only on its own generator, not on the batch.
-    On CPU without a top-k or nucleus cut the lookup is one numba call (``xlram.ops.sampling_numba``)
+    On CPU without a nucleus cut the cut and the lookup are one numba call (``xlram.ops.sampling_numba``)
     on the same uniform numbers.
     """
     if temperature == 0 or not rows:
         return logits.argmax(dim=-1)
     B, V = logits.shape
-    fast = top_k is None and top_p is None and logits.device.type == "cpu"
+    fast = top_p is None and logits.device.type == "cpu"
     kernel = _SAMPLING.get() if fast else None
     if kernel is not None:  # the same draw in one compiled pass (xlram/ops/sampling_numba.py)
         out = torch.empty(B, dtype=torch.long)
         u = _uniforms(B, rows, generators, logits.device).to(torch.float64)
-        kernel.draw(logits.detach().float().contiguous().numpy(), 1.0 / temperature, u.numpy(), out.numpy())
+        kernel.draw(logits.detach().float().contiguous().numpy(), 1.0 / temperature, top_k or 0, u.numpy(),
+                    out.numpy())
         return out
     logits = logits.float() / temperature
     if top_k is not None and top_k < V:
