@@ -194,11 +194,14 @@ def available() -> bool:
 def gemm_address(dtype: torch.dtype) -> int:
     """The address of the loaded OpenBLAS's ``cblas_sgemm`` (fp32) or ``cblas_dgemm`` (fp64), for
     kernels that call it themselves (``blas_numba``); 0 where there is no library or other dtypes."""
-    lib = _load()["lib"]
+    st = _load()
     name = {torch.float32: "scipy_cblas_sgemm", torch.float64: "scipy_cblas_dgemm"}.get(dtype)
-    if lib is None or name is None:
+    if st["lib"] is None or name is None:
         return 0
-    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+    addresses = st.setdefault("gemm_addresses", {})  # looked up once: callers ask on every call
+    if name not in addresses:
+        addresses[name] = ctypes.cast(getattr(st["lib"], name), ctypes.c_void_p).value or 0
+    return addresses[name]
 
 
 def chosen() -> str:

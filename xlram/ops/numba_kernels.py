@@ -34,3 +34,10 @@ class LazyKernels:
             except ImportError:
                 self._kernels = None
         return self._kernels
+
+
+def numpy_views(lead: int, *tensors) -> tuple:
+    """The tensors as numpy arrays for a kernel, each with its first ``lead`` dims merged into one:
+    views of their memory, or of a contiguous copy where a tensor is not contiguous (so a tensor that
+    a kernel writes must be contiguous)."""
+    return tuple([t.detach().contiguous().numpy().reshape(-1, *t.shape[lead:]) for t in tensors])

@@ -30,7 +30,7 @@ from xlram.cpu_allocator import empty
 from xlram.ops import cpu_blas
 from xlram.ops.cpu_blas import gemm_address
 from xlram.ops.mlstm import decay, rows
-from xlram.ops.numba_kernels import LazyKernels
+from xlram.ops.numba_kernels import LazyKernels, numpy_views
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -41,9 +41,9 @@ def applies(x: torch.Tensor) -> bool:
             and cpu_blas.chosen() == "openblas" and _KERNELS.get() is not None and gemm_address(x.dtype) != 0)
 
 
-def _arrays(N: int, *xs):
-    """numpy views of contiguous copies of xs with their leading (B, H) dims as one of N."""
-    return tuple(x.detach().contiguous().numpy().reshape(N, *x.shape[2:]) for x in xs)
+def _by_chunk(L: int, *xs: torch.Tensor) -> tuple:
+    """Each x (B, H, S, d) as a numpy array (B·H, S / L, L, d) (see ``numpy_views``)."""
+    return numpy_views(2, *(x.reshape(*x.shape[:2], -1, L, x.shape[-1]) for x in xs))
 
 
 def forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: bool, scale: float):
@@ -51,7 +51,7 @@ def forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: bool, scale
     start state. Returns h, C_end, n_end, m_end and with ``keep`` the dict the backward needs."""
     B, H, S, dk = qs.shape
     dv, NC = v.shape[-1], S // L
-    N, NCk = B * H, (NC if keep else 1)  # without keep, one chunk's worth of every per-chunk buffer
+    NCk = NC if keep else 1  # without keep, one chunk's worth of every per-chunk buffer
     opts = {"dtype": qs.dtype}
     b, e = torch.empty(B, H, NC, L, **opts), torch.empty(B, H, NC, L, **opts)
     ms = torch.empty(B, H, NC + 1, **opts)
@@ -63,11 +63,11 @@ def forward(qs, k, v, logf, i, C0, n0, m0, L: int, eps: float, keep: bool, scale
     P, W = empty(B, H, NCk, L, L, **opts), empty(B, H, NCk, L, L, **opts)
     mrow, wstate, w0, qn, den = (torch.empty(B, H, NCk, L, **opts) for _ in range(5))
     jD = torch.empty(B, H, NCk, L, dtype=torch.int64)
-    by_chunk = lambda x: x.detach().contiguous().numpy().reshape(N, NC, L, x.shape[-1])  # noqa: E731
     _KERNELS.get().forward(
-        gemm_address(qs.dtype), by_chunk(qs), by_chunk(k), by_chunk(v), *_arrays(N, logf, i, m0, C0, n0),
-        float(scale), float(eps), keep, *_arrays(N, b, ms, ja, wold, wo, e),
-        *_arrays(N, Cst, nst, P, W, mrow, jD, wstate, w0, qn, den), by_chunk(h), *_arrays(N, C_end, n_end))
+        gemm_address(qs.dtype), *_by_chunk(L, qs, k, v), *numpy_views(2, logf, i, m0, C0, n0),
+        float(scale), float(eps), keep, *numpy_views(2, b, ms, ja, wold, wo, e),
+        *numpy_views(2, Cst, nst, P, W, mrow, jD, wstate, w0, qn, den), *_by_chunk(L, h),
+        *numpy_views(2, C_end, n_end))
     m_end = ms[..., -1].clone()
     if not keep:
         return h, C_end, n_end, m_end, None
@@ -83,19 +83,18 @@ def backward(sv: dict, L: int, dh, dC_end, dn_end, dm_end):
     """``chunkwise_backward`` for the loop's saved dict: the gradients of (qs, k, v, logf, i, C0, n0, m0)."""
     qs, k, v = sv["qs"], sv["k"], sv["v"]
     B, H, S, dk = qs.shape
-    dv, NC, N = v.shape[-1], S // L, B * H
+    dv, NC = v.shape[-1], S // L
     opts = {"dtype": qs.dtype}
     dq, dk_, dv_ = (empty(*x.shape, dtype=x.dtype) for x in (qs, k, v))
     di, dlogf = torch.empty(B, H, S, **opts), torch.empty(B, H, S, **opts)
     dC0, dn0 = torch.empty(B, H, dk, dv, **opts), torch.empty(B, H, dk, **opts)
     dm0 = torch.empty(B, H, **opts)
-    by_chunk = lambda x: x.detach().contiguous().numpy().reshape(N, NC, L, x.shape[-1])  # noqa: E731
     names = ("den", "qn", "mrow", "w0", "P", "W", "jD", "wstate", "e", "wo", "Cst", "nst", "wold", "ja")
     _KERNELS.get().backward(
-        gemm_address(qs.dtype), by_chunk(qs), by_chunk(k), by_chunk(v), by_chunk(dh.reshape(B, H, S, dv)),
-        by_chunk(sv["h"]), *_arrays(N, *(sv[name] for name in names), dC_end, dn_end, dm_end),
-        by_chunk(dq), by_chunk(dk_), by_chunk(dv_),
-        *_arrays(N, di.view(B, H, NC, L), dlogf.view(B, H, NC, L), dC0, dn0, dm0))
+        gemm_address(qs.dtype), *_by_chunk(L, qs, k, v, dh.reshape(B, H, S, dv), sv["h"]),
+        *numpy_views(2, *(sv[name] for name in names), dC_end, dn_end, dm_end),
+        *_by_chunk(L, dq, dk_, dv_),
+        *numpy_views(2, di.view(B, H, NC, L), dlogf.view(B, H, NC, L), dC0, dn0, dm0))
     return dq, dk_, dv_, dlogf, di, dC0, dn0, dm0
 
 

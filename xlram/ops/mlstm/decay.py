@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from xlram.ops.numba_kernels import LazyKernels
+from xlram.ops.numba_kernels import LazyKernels, numpy_views
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -53,10 +53,6 @@ def _compiled(x: torch.Tensor):
     return _KERNELS.get()
 
 
-def _np(*tensors):
-    return tuple(t.numpy() for t in tensors)
-
-
 def chunk_ends(logf: torch.Tensor, i: torch.Tensor, m0: torch.Tensor) -> Ends:
     """Chunk-end quantities and the stabilisers at every chunk boundary (a scan over chunks)."""
     kernels = _compiled(logf)
@@ -68,9 +64,7 @@ def chunk_ends(logf: torch.Tensor, i: torch.Tensor, m0: torch.Tensor) -> Ends:
     wold, wo = torch.empty(B, H, NC, **opts), torch.empty(B, H, NC, **opts)
     ms = torch.empty(B, H, NC + 1, **opts)
     ja = torch.empty(B, H, NC, dtype=torch.int64)
-    flat = lambda t: t.detach().contiguous().view(B * H, *t.shape[2:])  # noqa: E731
-    kernels.ends(*_np(flat(logf), flat(i), m0.detach().contiguous().view(B * H), flat(b), flat(ms),
-                      flat(ja), flat(wold), flat(wo), flat(e)))
+    kernels.ends(*numpy_views(2, logf, i, m0, b, ms, ja, wold, wo, e))
     return Ends(b, ms, ja, wold, wo, e, None)
 
 
@@ -85,10 +79,8 @@ def chunk_weights(S: torch.Tensor, logf: torch.Tensor, i: torch.Tensor, ends: En
     W = torch.empty(B, H, NC, L, L, **opts)
     psum, mrow, wstate, w0 = (torch.empty(B, H, NC, L, **opts) for _ in range(4))
     jD = torch.empty(B, H, NC, L, dtype=torch.int64)
-    flat = lambda t: t.detach().contiguous().view(B * H, *t.shape[2:])  # noqa: E731
-    ins = _np(S.view(B * H, NC, L, L), flat(logf), flat(i), flat(ends.b), flat(ends.ms))
-    outs = _np(W.view(B * H, NC, L, L), flat(psum), flat(mrow), flat(jD), flat(wstate), flat(w0))
-    kernels.weights(*ins, float(scale), *outs)
+    kernels.weights(*numpy_views(2, S, logf, i, ends.b, ends.ms), float(scale),
+                    *numpy_views(2, W, psum, mrow, jD, wstate, w0))
     return S, W, psum, mrow, jD, wstate, w0
 
 
@@ -101,9 +93,7 @@ def weights_backward(dP, dqn, W, P, jD, wstate, dmrow, dlw0):
     B, H, NC, L = dqn.shape
     di, db = torch.empty(B, H, NC, L, dtype=dP.dtype), torch.empty(B, H, NC, L, dtype=dP.dtype)
     dm_loc = torch.empty(B, H, NC, dtype=dP.dtype)
-    flat = lambda t: t.detach().contiguous().view(B * H, *t.shape[2:])  # noqa: E731
-    kernels.backward(*_np(dP.view(B * H, NC, L, L), flat(dqn), flat(W), flat(P), flat(jD), flat(wstate),
-                          flat(dmrow), flat(dlw0), flat(di), flat(db), flat(dm_loc)))
+    kernels.backward(*numpy_views(2, dP, dqn, W, P, jD, wstate, dmrow, dlw0, di, db, dm_loc))
     return dP, di, db, dm_loc
 
 
@@ -126,7 +116,7 @@ def _log_decay(logf: torch.Tensor, i: torch.Tensor):
     return D, b, D[..., -1, :], b[..., -1]
 
 
-def _max_weight(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def max_weight(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The share of ``max(x, y)``'s gradient that goes to x: 1 where x wins, 1/2 on a tie, else 0."""
     return (x > y).to(x.dtype) + 0.5 * (x == y).to(x.dtype)
 
@@ -143,7 +133,7 @@ def _ends_torch(logf, i, m0) -> Ends:
     m_start, m_end = ms[..., :-1], ms[..., 1:]
     wo = torch.exp(g + m_start - m_end)
     e = torch.exp(a - m_end[..., None])
-    return Ends(b, ms, ja, _max_weight(g + m_start, amax), wo, e, D)
+    return Ends(b, ms, ja, max_weight(g + m_start, amax), wo, e, D)
 
 
 def _weights_torch(S, D, b, m_start, scale):
@@ -154,7 +144,7 @@ def _weights_torch(S, D, b, m_start, scale):
     W = torch.exp(D.sub_(mrow_s[..., None]))  # D is not needed any more
     w0 = torch.exp(lw0 - mrow_s)
     P = S.mul_(W)
-    return P, W, P.sum(-1), mrow, jD, _max_weight(lw0, Dmax), w0
+    return P, W, P.sum(-1), mrow, jD, max_weight(lw0, Dmax), w0
 
 
 def _backward_torch(dP, dqn, W, P, jD, wstate, dmrow, dlw0):

@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from xlram.ops.mlstm.decay import _max_weight
-from xlram.ops.numba_kernels import LazyKernels
+from xlram.ops.mlstm.decay import max_weight
+from xlram.ops.numba_kernels import LazyKernels, numpy_views
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -37,13 +37,9 @@ def _compiled(*xs: torch.Tensor):
     return _KERNELS.get()
 
 
-def _flat(x: torch.Tensor, lead: int) -> torch.Tensor:
-    """x with its first ``lead`` dims (B, H, NC) as one, contiguous (a view where it already is)."""
-    return x.detach().contiguous().view(-1, *x.shape[lead:])
-
-
-def _np(*xs, lead=3):
-    return tuple(_flat(x, lead).numpy() for x in xs)
+def _np(*xs):
+    """numpy views with (B, H, NC) as one dim."""
+    return numpy_views(3, *xs)
 
 
 def keys(k, e):
@@ -79,7 +75,7 @@ def grad_outputs(dh, h, den, qn, mrow):
         dnum = torch.div(dh, den[..., None])
         dden = torch.linalg.vecdot(dh, h).div_(den).neg_()
         em = torch.exp(-mrow)
-        w_abs = _max_weight(qn.abs(), em)
+        w_abs = max_weight(qn.abs(), em)
         return dnum, dden * w_abs * torch.sign(qn), dden.mul_(1 - w_abs).mul_(em).neg_()
     dnum = torch.empty_like(h, memory_format=torch.contiguous_format)
     dqn, dmrow = torch.empty_like(qn), torch.empty_like(qn)
