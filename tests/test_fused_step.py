@@ -5,6 +5,7 @@ import torch
 
 from xlram import fused_step
 from xlram.blocks import XLSTMStack, _leaves, xlstm_config
+from xlram.ops import cpu_blas
 
 D = 32
 
@@ -51,18 +52,31 @@ def _assert_same(a, b, tol):
         torch.testing.assert_close(ta, tb, rtol=tol, atol=tol)
 
 
+def _products(monkeypatch, where: str) -> None:
+    """Where the projections run: "kernels" (OpenBLAS called by the numba kernels), "numba gemv / torch"
+    (without OpenBLAS: GEMVs in the kernels below GEMM_ROWS rows, torch matmuls from there)."""
+    if where == "kernels" and not cpu_blas.available():
+        pytest.skip("OpenBLAS is not loaded")
+    monkeypatch.setattr(cpu_blas, "chosen", lambda: "openblas" if where == "kernels" else "torch")
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
-# 1 and 3: scalar block-diagonal maps; 5: channel-major ones; GEMM_ROWS + 1: BLAS matmuls for the
-# projections; MAX_ROWS (16): the sLSTM's recurrent products through BLAS too
-@pytest.mark.parametrize("batch", [1, 3, 5, fused_step.GEMM_ROWS + 1, fused_step.MAX_ROWS])
-def test_fused_step_equals_torch_step(name, batch):
+# 1 and 3: scalar block-diagonal maps; 5: channel-major ones; GEMM_ROWS + 1: without OpenBLAS, torch
+# matmuls for the projections; 16: the sLSTM's recurrent products through BLAS too; 300: the kernels'
+# products over blocks of fewer weight rows where (rows x block x in) passes cpu_blas's small limit
+@pytest.mark.parametrize("batch", [1, 3, 5, fused_step.GEMM_ROWS + 1, 16, 300])
+@pytest.mark.parametrize("products", ["kernels", "numba gemv / torch"])
+def test_fused_step_equals_torch_step(name, batch, products, monkeypatch):
+    _products(monkeypatch, products)
     stack = _stack(CONFIGS[name])
     xs = torch.randn(12, batch, D)
     assert fused_step.unsupported(stack, xs[0]) is None
     _assert_same(_run(stack, xs, True), _run(stack, xs, False), 2e-5)
 
 
-def test_fused_step_fp64_is_exact_to_round_off():
+@pytest.mark.parametrize("products", ["kernels", "numba gemv / torch"])
+def test_fused_step_fp64_is_exact_to_round_off(products, monkeypatch):
+    _products(monkeypatch, products)
     stack = _stack(CONFIGS["xlstm[7:1]"], torch.float64)
     xs = torch.randn(10, 2, D, dtype=torch.float64)
     _assert_same(_run(stack, xs, True), _run(stack, xs, False), 1e-11)
@@ -100,13 +114,11 @@ def test_parameter_updates_are_seen():
     _assert_same(_run(stack, xs, True), _run(stack, xs, False), 2e-5)
 
 
-@pytest.mark.parametrize("why", ["big batch", "large block", "dropout in training", "switched off", "env",
+@pytest.mark.parametrize("why", ["large block", "dropout in training", "switched off", "env",
                                  "state dtype", "bf16"])
 def test_falls_back_to_the_torch_step(why, monkeypatch):
     spec, batch, dtype = CONFIGS["biases, swish FFN"], 2, torch.float32
-    if why == "big batch":
-        batch = fused_step.MAX_ROWS + 1
-    elif why == "large block":
+    if why == "large block":
         spec = dict(variant="xlstm-large", num_blocks=2, large_num_heads=4)
     elif why == "dropout in training":
         spec = dict(spec, dropout=0.5)
@@ -134,14 +146,13 @@ def test_falls_back_to_the_torch_step(why, monkeypatch):
     assert not ran
 
 
-def test_switch_batch_and_env_take_effect_after_fused_steps(monkeypatch):
+def test_switch_and_env_take_effect_after_fused_steps(monkeypatch):
     """What can change between calls is checked on every call, not only on the first."""
     stack = _stack(CONFIGS["biases, swish FFN"])
     _run(stack, torch.randn(2, 1, D), True)  # the fused path ran and its decision is cached
     ran = []
     monkeypatch.setattr("xlram.kernels.numba_step.mlstm_block_step", lambda *a: ran.append(1))
     _run(stack, torch.randn(2, 1, D), False)
-    _run(stack, torch.randn(2, fused_step.MAX_ROWS + 1, D), True)
     monkeypatch.setenv("XLRAM_NUMBA", "0")
     _run(stack, torch.randn(2, 1, D), True)
     assert not ran

@@ -1,19 +1,17 @@
-"""The inference step of an :class:`~xlram.blocks.XLSTMStack` on CPU as one numba call per block
-(from ``GEMM_ROWS`` rows on: numba calls around each block's two projections, which run as
-``xlram.ops.cpu_blas`` matmuls).
+"""The inference step of an :class:`~xlram.blocks.XLSTMStack` on CPU as one numba call per block.
 
 :meth:`XLSTMStack.step <xlram.blocks.XLSTMStack.step>` under ``torch.no_grad()`` takes this path by
-itself where it applies (:func:`unsupported` says why not): batch <= ``MAX_ROWS``; CPU; weights,
-activations and state all fp32 or all fp64; NeurIPS mLSTM/sLSTM blocks (not the xLSTM-7B block);
-dropout off or the model in eval mode; numba importable; ``XLRAM_NUMBA`` not ``0``; and
-``stack.fused_step`` not switched off. Everywhere else the torch step runs. Both compute the same
-function: tests/test_fused_step.py compares outputs and states step by step.
+itself where it applies (:func:`unsupported` says why not): CPU; weights, activations and state all
+fp32 or all fp64; NeurIPS mLSTM/sLSTM blocks (not the xLSTM-7B block); dropout off or the model in
+eval mode; numba importable; ``XLRAM_NUMBA`` not ``0``; and ``stack.fused_step`` not switched off.
+Everywhere else the torch step runs. Both compute the same function: tests/test_fused_step.py
+compares outputs and states step by step.
 
 The first fused step of a process compiles the kernels (18 s on the 2-core CPU) or, usually,
-loads them from numba's on-disk cache (under a second). Their matmuls run in scipy's OpenBLAS, whose
-thread count is ``OPENBLAS_NUM_THREADS`` (read when it loads), not torch's; the projections from
-``GEMM_ROWS`` rows on go through ``xlram.ops.cpu_blas`` (its OpenBLAS where that was chosen and torch
-runs on one thread, else torch's BLAS).
+loads them from numba's on-disk cache (under a second). Each block's two projections run in the
+OpenBLAS that ``xlram.ops.cpu_blas`` loaded, called from inside the kernels (``blas_numba``), where
+``cpu_blas`` chose it; otherwise as GEMVs in scipy's BLAS inside the kernels below ``GEMM_ROWS`` rows
+and as torch matmuls between numba calls from there.
 
 The kernels (``xlram.kernels.numba_step``) read the parameters through numpy views of their memory,
 made once, and the state through views made once per state object (36 µs for the 3.5M-parameter LM,
@@ -34,16 +32,19 @@ from xlram.nn.dense import linear
 from xlram.ops import cpu_blas, numba_kernels
 
 _DTYPES = (torch.float32, torch.float64)
-# Largest batch the fused step takes. On the 2-core EPYC the step of the 3.5M-parameter LM took 5.22 ms
-# against the torch step's 7.18 at batch 16 (`xlram bench step`, projections as torch matmuls); at
-# batch 32, measured when every matmul was a per-row GEMV, 21 against 14 ms.
-MAX_ROWS = 16
-# From this batch on, the projections run as matmuls through ``xlram.ops.cpu_blas`` (OpenBLAS's
-# sgemm reads each weight once for all rows) between numba calls for the rest of each block; below it,
-# per-row GEMVs inside the numba call. Whole step of the 3.5M-parameter LM, one thread, medians of 5
-# rounds of 20 steps, matmuls against GEMVs, measured before ``cpu_blas.linear_t`` took the weights in
-# blocks: B=4 2.01 against 1.62 ms, B=6 2.51 against 2.16, B=7 3.22 against 2.62, B=8 2.46 against
-# 2.80, B=10 3.07 against 3.30; with the blocks, B=1 0.72 against 0.45 and B=4 1.66 against 1.58.
+# Without OpenBLAS in the kernels: from this batch on, the projections run as torch matmuls between
+# numba calls for the rest of each block; below it, per-row GEMVs inside the numba call. Whole step of
+# the 3.5M-parameter LM, one thread, medians of 5 rounds of 20 steps, matmuls against GEMVs, measured
+# before ``cpu_blas.linear_t`` took the weights in blocks: B=4 2.01 against 1.62 ms, B=6 2.51 against
+# 2.16, B=7 3.22 against 2.62, B=8 2.46 against 2.80, B=10 3.07 against 3.30; with the blocks, B=1
+# 0.72 against 0.45 and B=4 1.66 against 1.58.
+# With OpenBLAS called from the kernels (its small-matrix products over blocks of the weight's rows),
+# against those GEMVs, one process, best / median of 6 alternating rounds of 100 steps (2026-11-23):
+# B=1 0.341 / 0.356 against 0.388 / 0.401 ms, B=2 0.51 / 0.55 against 0.66 / 0.72, B=4 0.91 / 1.04
+# against 1.34 / 1.51; against the torch matmuls between kernels, B=16 3.09 / 3.25 against 3.26 / 3.47.
+# The fused step beats the torch step at every batch measured (B=32 5.6 against 9.4 ms, B=256 40
+# against 70; torch's MKL chosen instead, B=32 7.2 against 10.0, B=128 22.5 against 37.5), so it has
+# no batch limit.
 GEMM_ROWS = 8
 
 _DATA_PTR = torch.Tensor.data_ptr
@@ -70,8 +71,6 @@ def unsupported(stack, x: torch.Tensor) -> str | None:
     cfg = stack.config
     if not stack.fused_step:
         return "switched off (XLSTMStack.fused_step = False)"
-    if x.shape[0] > MAX_ROWS:
-        return f"batch {x.shape[0]} > {MAX_ROWS}: the torch step is faster there"
     if x.device.type != "cpu" or x.dtype not in _DTYPES:
         return f"needs fp32/fp64 CPU inputs, got {x.dtype} on {x.device}"
     if cfg.block != "neurips":
@@ -202,7 +201,7 @@ class FusedStep:
 
     def _applies(self, x: torch.Tensor) -> bool:
         # What may change from call to call is checked on every call; the rest once per key.
-        if not self.stack.fused_step or x.shape[0] > MAX_ROWS or not numba_kernels.enabled():
+        if not self.stack.fused_step or not numba_kernels.enabled():
             return False
         key = (x.dtype, x.device, self.stack.training)
         if key not in self._decisions:
@@ -233,7 +232,7 @@ class FusedStep:
                 return False
             views.append(tuple(t.numpy() for t in tensors))
         self._stateful = [_stateful(p, v) for p, v in zip(self._block_params, views, strict=True)]
-        # below GEMM_ROWS: one kernel per block, its arguments made once here
+        # one kernel per block (all but the torch-matmul path), its arguments made once here
         self._calls = [(k.mlstm_block_step, (*p.norm, *p.up, *a, *p.down)) if p.kind == "mlstm"
                        else (k.slstm_block_step, (*a, p.act, *p.up, *p.down))
                        for p, a in zip(self._block_params, self._stateful, strict=True)]
@@ -248,17 +247,20 @@ class FusedStep:
             return None
         y_t = x.detach().contiguous().clone()
         y = y_t.numpy()  # (B, D), updated block by block
-        if x.shape[0] >= GEMM_ROWS:
+        # the projections: OpenBLAS called by the kernels (fn its ?gemm) where cpu_blas chose it, else
+        # (fn 0) GEMVs in the kernels below GEMM_ROWS rows and torch matmuls between kernel calls from there
+        fn = cpu_blas.gemm_address(x.dtype) if cpu_blas.chosen() == "openblas" else 0
+        if x.shape[0] >= GEMM_ROWS and not fn:
             self._run_with_blas_matmuls(y, y_t)
         else:
             for kernel, args in self._calls:
-                kernel(y, *args)
+                kernel(y, fn, *args)
         if self._post is not None:
             k.layer_norm_(y, *self._post)
         return y_t
 
     def _run_with_blas_matmuls(self, y, y_t) -> None:
-        """The blocks with their two projections as cpu_blas matmuls (``GEMM_ROWS``); y, y_t share memory."""
+        """The blocks with their two projections as torch matmuls (``GEMM_ROWS``); y, y_t share memory."""
         from xlram.kernels import numba_step as k
 
         def project(inp, w, b):  # (B, in) numpy -> (B, out) numpy, through cpu_blas (or torch's BLAS)

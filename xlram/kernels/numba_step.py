@@ -2,8 +2,9 @@
 
 The torch step is dozens of small kernels per block; at batch 1 their dispatch costs more than the
 arithmetic (3.8 ms for the whole step of the 3.5M-parameter LM, of which its matmuls alone took 0.34
-ms; measured). Here every block step is one call: the matmuls go to BLAS through ``np.dot`` (scipy's
-OpenBLAS), everything elementwise runs in plain loops, and the recurrent state is updated in place.
+ms; measured). Here every block step is one call: the projections go to the OpenBLAS of
+``xlram.ops.cpu_blas`` through a pointer (``_project``) or, without it, to scipy's BLAS through
+``np.dot``; everything elementwise runs in plain loops, and the recurrent state is updated in place.
 exp, SiLU, sigmoid and tanh come from ``xlram.ops.numba_math`` (they vectorise, libm's do not), and
 the sLSTM cell is the training loop's (``xlram.ops.slstm.cell_numba``) over head-major copies of the
 pre-activations and state. Against libm calls and a per-element cell over the (B, D) arrays, whole
@@ -23,8 +24,11 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
+from xlram.ops import cpu_blas
+from xlram.ops.blas_numba import gemm
 from xlram.ops.mlstm.memory_numba import update_head
 from xlram.ops.norm_numba import norm_row
 from xlram.ops.numba_math import dot, exp_neg, log_sigmoid, silu, silu_like
@@ -61,11 +65,34 @@ def _linear(x, w, b):
     OpenBLAS's sgemm repacks the weight on every call (~0.1 ms for 1 MiB), which costs more than the
     rows' GEMVs at a few rows (measured on one thread, (B, 256) x (256, 1024): B=2 26 against 114 µs;
     the whole step of the 3.5M-parameter LM at B=8 2.8-3.0 against 3.2-4.7 ms, at B=16 5.0-5.3
-    against 4.95 ms, when the alternative was torch's MKL); ``xlram.fused_step`` calls it below
-    ``GEMM_ROWS`` rows and runs ``xlram.ops.cpu_blas`` matmuls from there."""
+    against 4.95 ms, when the alternative was torch's MKL); ``_project`` without OpenBLAS, which
+    ``xlram.fused_step`` calls below ``GEMM_ROWS`` rows (torch matmuls from there)."""
     y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
     for r in range(x.shape[0]):
         y[r] = np.dot(w, x[r])
+    if b.shape[0]:
+        y += b
+    return y
+
+
+_block_rows = numba.njit(cache=True, nogil=True)(cpu_blas.small_block)
+
+
+@_jit
+def _project(x, w, b, fn):
+    """``_linear(x, w, b)`` for x (B, In) contiguous; with ``fn`` the address of OpenBLAS's ?gemm
+    (``cpu_blas.gemm_address``) as small-matrix products over blocks of the weight's rows, which skip
+    packing the weight (``cpu_blas.linear_t``'s blocks, called from here: (16, 256) x (256, 1,024)
+    40 µs against 55 through ``xlram.nn.dense.linear``, one thread); with ``fn`` 0 as ``_linear``."""
+    if fn == 0:
+        return _linear(x, w, b)
+    m, k = x.shape
+    n = w.shape[0]
+    block = _block_rows(m, k)
+    one, zero = x.dtype.type(1), x.dtype.type(0)
+    y = np.empty((m, n), dtype=x.dtype)
+    for lo in range(0, n, block):
+        gemm(fn, False, True, m, min(block, n - lo), k, one, x, k, w[lo:], k, zero, y[:, lo:], n)
     if b.shape[0]:
         y += b
     return y
@@ -217,19 +244,20 @@ def mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w,
 
 
 @_jit
-def mlstm_block_step(x, norm_w, norm_b, norm_eps, up_w, up_b, conv_w, conv_b, conv_state,
+def mlstm_block_step(x, fn, norm_w, norm_b, norm_eps, up_w, up_b, conv_w, conv_b, conv_state,
                      q_w, q_b, k_w, k_b, v_w, v_b, i_w, i_b, f_w, f_b, C, n, m,
                      out_w, out_b, out_eps, skip, eps, down_w, down_b):  # pragma: no cover - compiled
     """``x += MLSTMLayer(LayerNorm(x))`` for one step, the cell state (C, n, m) and conv state in place.
 
-    The arguments after x: the block norm's, proj_up's, ``mlstm_mid``'s after ``up``, proj_down's.
+    fn: the projections' ?gemm address, or 0 for GEMVs (``_project``). The arguments after it: the
+    block norm's, proj_up's, ``mlstm_mid``'s after ``up``, proj_down's.
     up_w (2 Di, D); conv_w (Di, K) or (Di, 0); q/k/v_w (Di/bs, bs, bs); i_w, f_w (NH, 3 Di);
     out_w (Di,) the per-head norm's weight; skip (Di,); down_w (D, Di).
     """
-    up = _linear(_layer_norm(x, norm_w, norm_b, norm_eps), up_w, up_b)  # (B, 2 Di)
+    up = _project(_layer_norm(x, norm_w, norm_b, norm_eps), up_w, up_b, fn)  # (B, 2 Di)
     hid = mlstm_mid(up, conv_w, conv_b, conv_state, q_w, q_b, k_w, k_b, v_w, v_b, i_w, i_b, f_w, f_b,
                     C, n, m, out_w, out_b, out_eps, skip, eps)
-    x += _linear(hid, down_w, down_b)
+    x += _project(hid, down_w, down_b, fn)
 
 
 @_jit
@@ -329,19 +357,20 @@ def gated_act(up, act):  # pragma: no cover - compiled
 
 
 @_jit
-def slstm_block_step(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
+def slstm_block_step(x, fn, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
                      h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps,
                      ffn_norm_w, ffn_norm_b, ffn_norm_eps, act, ffn_up_w, ffn_up_b, ffn_down_w,
                      ffn_down_b):  # pragma: no cover - compiled
     """``x += SLSTMLayer(LayerNorm(x))`` then ``x += GatedFFN(LayerNorm(x))`` for one step.
 
-    The arguments after x: ``slstm_pre``'s, the FFN's activation code, its proj_up's and proj_down's;
+    fn as in ``mlstm_block_step``; after it ``slstm_pre``'s arguments, the FFN's activation code, its
+    proj_up's and proj_down's;
     ffn_up_w (2 Dff, D), ffn_down_w (D, Dff)."""
     xn = slstm_pre(x, norm_w, norm_b, norm_eps, conv_w, conv_b, conv_state, i_w, f_w, z_w, o_w, R, bias,
                    h_s, c_s, n_s, m_s, exp_forget, out_w, out_b, out_eps, ffn_norm_w, ffn_norm_b,
                    ffn_norm_eps)
-    g = gated_act(_linear(xn, ffn_up_w, ffn_up_b), act)
-    x += _linear(g, ffn_down_w, ffn_down_b)
+    g = gated_act(_project(xn, ffn_up_w, ffn_up_b, fn), act)
+    x += _project(g, ffn_down_w, ffn_down_b, fn)
 
 
 @_jit

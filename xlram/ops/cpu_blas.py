@@ -291,6 +291,15 @@ _SMALL_MNK = 1_000_000
 _SMALL_BLOCK = 64
 
 
+def small_block(m: int, k: int) -> int:
+    """How many of a weight's rows one small-matrix product takes, for x (m, k) (see above); plain
+    integer arithmetic, so that numba kernels can compile it (``xlram.kernels.numba_step``)."""
+    block = _SMALL_BLOCK
+    while block > 16 and m * block * k > _SMALL_MNK:
+        block //= 2
+    return block
+
+
 def linear_t(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = None, beta: float = 0.0,
              library: str | None = None):
     """x @ wᵀ for x (m, k) and a layer's weight w (n, k), both row-major (unit last stride); with
@@ -300,9 +309,7 @@ def linear_t(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = Non
         raise ValueError(f"linear_t: expected (m, k) and (n, k), got {tuple(x.shape)} and {tuple(w.shape)}")
     m, k = x.shape
     n = w.shape[0]
-    block = _SMALL_BLOCK
-    while block > 16 and m * block * k > _SMALL_MNK:
-        block //= 2
+    block = small_block(m, k)
     st = _load()
     gemm = st["gemm"].get(x.dtype) if _openblas_route(st, library) else None
     split = (
