@@ -156,3 +156,28 @@ def test_switch_and_env_take_effect_after_fused_steps(monkeypatch):
     monkeypatch.setenv("XLRAM_NUMBA", "0")
     _run(stack, torch.randn(2, 1, D), True)
     assert not ran
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 16, 300])
+def test_project_rows_equals_linear(dtype, bias, rows):
+    if not cpu_blas.available() or cpu_blas.chosen() != "openblas":
+        pytest.skip("the kernels' products need cpu_blas to have chosen OpenBLAS")
+    torch.manual_seed(0)
+    x, w = torch.randn(rows, 96, dtype=dtype), torch.randn(200, 96, dtype=dtype)  # 200: a partial block
+    b = torch.randn(200, dtype=dtype) if bias else None
+    with torch.no_grad():
+        got = fused_step.project_rows(x, w, b)
+    assert got is not None
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, w, b), rtol=tol, atol=tol)
+
+
+def test_project_rows_declines_what_it_does_not_cover():
+    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    assert fused_step.project_rows(x, w, None) is None  # a gradient could be recorded
+    with torch.no_grad():
+        assert fused_step.project_rows(x.t().contiguous().t(), w, None) is None  # not contiguous
+        assert fused_step.project_rows(x.double(), w, None) is None  # dtypes differ
+        assert fused_step.project_rows(x[0], w, None) is None  # not (B, In)

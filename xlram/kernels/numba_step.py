@@ -99,6 +99,12 @@ def _project(x, w, b, fn):
 
 
 @_jit
+def project(x, w, b, fn):  # pragma: no cover - compiled
+    """``_project`` called from Python: x (B, In) contiguous -> a new (B, Out) array."""
+    return _project(x, w, b, fn)
+
+
+@_jit
 def _headwise(x, w, b):
     """Block-diagonal linear map: x (B, NH*i), w (NH, o, i), b (NH*o,) or empty -> (B, NH*o)."""
     B = x.shape[0]

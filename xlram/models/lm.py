@@ -22,6 +22,7 @@ from torch.nn.modules import module as _module_hooks
 
 from xlram.blocks import XLSTMConfig, XLSTMStack, xlstm_config
 from xlram.checkpoint import PretrainedMixin
+from xlram.fused_step import project_rows
 from xlram.generation import GenerationMixin, check_token_ids
 from xlram.models.registry import register_model
 from xlram.nn import Linear, small_init_, soft_cap
@@ -174,7 +175,10 @@ class XLSTMLM(GenerationMixin, PretrainedMixin, nn.Module):
         else:
             x = emb.forward(ids_t)
         h, state = self.stack.step(x, state)
-        return soft_cap(head.forward(h), self.config.logit_soft_cap), state
+        logits = project_rows(h, head.weight, head.bias) if h.device.type == "cpu" else None
+        if logits is None:
+            logits = head.forward(h)
+        return soft_cap(logits, self.config.logit_soft_cap), state
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (tied weights counted once); optionally without the embedding matrix."""
