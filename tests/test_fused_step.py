@@ -161,9 +161,8 @@ def test_switch_and_env_take_effect_after_fused_steps(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rows", [1, 16, 300])
-def test_project_rows_equals_linear(dtype, bias, rows):
-    if not cpu_blas.available() or cpu_blas.chosen() != "openblas":
-        pytest.skip("the kernels' products need cpu_blas to have chosen OpenBLAS")
+def test_project_rows_equals_linear(dtype, bias, rows, monkeypatch):
+    _products(monkeypatch, "kernels")
     torch.manual_seed(0)
     x, w = torch.randn(rows, 96, dtype=dtype), torch.randn(200, 96, dtype=dtype)  # 200: a partial block
     b = torch.randn(200, dtype=dtype) if bias else None
@@ -174,10 +173,14 @@ def test_project_rows_equals_linear(dtype, bias, rows):
     torch.testing.assert_close(got, torch.nn.functional.linear(x, w, b), rtol=tol, atol=tol)
 
 
-def test_project_rows_declines_what_it_does_not_cover():
+def test_project_rows_declines_what_it_does_not_cover(monkeypatch):
+    _products(monkeypatch, "kernels")
     x, w = torch.randn(4, 8), torch.randn(6, 8)
     assert fused_step.project_rows(x, w, None) is None  # a gradient could be recorded
     with torch.no_grad():
         assert fused_step.project_rows(x.t().contiguous().t(), w, None) is None  # not contiguous
         assert fused_step.project_rows(x.double(), w, None) is None  # dtypes differ
         assert fused_step.project_rows(x[0], w, None) is None  # not (B, In)
+        assert fused_step.project_rows(x, w, None) is not None
+        _products(monkeypatch, "numba gemv / torch")
+        assert fused_step.project_rows(x, w, None) is None  # OpenBLAS not chosen
