@@ -57,6 +57,8 @@ def _products(monkeypatch, where: str) -> None:
     (without OpenBLAS: GEMVs in the kernels below GEMM_ROWS rows, torch matmuls from there)."""
     if where == "kernels" and not cpu_blas.available():
         pytest.skip("OpenBLAS is not loaded")
+    if where == "kernels":  # the kernels get a real ?gemm to call, not the fallback's 0
+        assert cpu_blas.gemm_address(torch.float32) != 0 and cpu_blas.gemm_address(torch.float64) != 0
     monkeypatch.setattr(cpu_blas, "chosen", lambda: "openblas" if where == "kernels" else "torch")
 
 

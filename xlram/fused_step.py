@@ -288,7 +288,7 @@ class FusedStep:
         """The blocks with their two projections as torch matmuls (``GEMM_ROWS``); y, y_t share memory."""
         from xlram.kernels import numba_step as k
 
-        def project(inp, w, b):  # (B, in) numpy -> (B, out) numpy, through cpu_blas (or torch's BLAS)
+        def project(inp, w, b):  # (B, in) numpy -> (B, out) numpy (dense.linear: torch's BLAS on this path)
             return linear(torch.from_numpy(inp), w, b).numpy()
 
         def add_projection(inp, w, b):  # y += inp @ wᵀ + b in place
